@@ -1,0 +1,208 @@
+"""What a model family declares. Generic code asks a :class:`Family`; it never names one.
+
+A family is one short file: a subclass with a few class attributes and, where the family really
+differs, one or two small methods, registered with :func:`rlens.families.register`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rlens.errors import InputError, ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+@dataclass(frozen=True)
+class VisualSpan:
+    """One contiguous run of visual tokens: positions ``start .. start + length - 1``."""
+
+    start: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    def as_tuple(self) -> tuple[int, int]:
+        return (self.start, self.length)
+
+
+NO_SPAN = VisualSpan(0, 0)
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Family:
+    """Base class of the model families. Subclasses set the class attributes below."""
+
+    name: ClassVar[str]
+    #: Hugging Face ``config.architectures`` names and ``model_type`` values this family handles.
+    architectures: ClassVar[tuple[str, ...]]
+    model_types: ClassVar[tuple[str, ...]]
+    #: transformers class used to build a model from a config (presets) or load a directory.
+    model_class: ClassVar[str]
+    #: attribute path from the top-level model to the text decoder (``.layers``, ``.norm`` ...).
+    language_model_path: ClassVar[str] = "model.language_model"
+    #: attribute path from the top-level model to the vision tower and the projector.
+    vision_paths: ClassVar[tuple[str, ...]] = ("model.vision_tower", "model.multi_modal_projector")
+    attention_attr: ClassVar[str] = "self_attn"
+    mlp_attr: ClassVar[str] = "mlp"
+    ffn_names: ClassVar[tuple[str, str, str]] = ("gate_proj", "up_proj", "down_proj")
+    #: "default" (1-D positions) or "mrope" (Qwen2-VL's 3-D multimodal rotary positions).
+    rope_kind: ClassVar[str] = "default"
+    #: config attributes holding the visual token id(s), first one present wins for each.
+    visual_token_attrs: ClassVar[tuple[str, ...]] = ("image_token_id",)
+    #: what the chat template emits for an image, the token repeated per visual feature, and
+    #: the text that replaces the marker (``{visual}`` = the repeated token).
+    image_marker: ClassVar[str] = "<image>"
+    visual_token: ClassVar[str] = "<image>"
+    image_expansion: ClassVar[str] = "{visual}"
+
+    # ---- structure -------------------------------------------------------------------------
+    @classmethod
+    def text_config(cls, config: Any) -> Any:
+        return config.get_text_config()
+
+    @classmethod
+    def language_model(cls, model: Any) -> Any:
+        return _get_path(model, cls.language_model_path)
+
+    @classmethod
+    def decoder_layers(cls, model: Any) -> Any:
+        return cls.language_model(model).layers
+
+    @classmethod
+    def attention(cls, layer: Any) -> Any:
+        return getattr(layer, cls.attention_attr)
+
+    @classmethod
+    def ffn(cls, layer: Any) -> Any:
+        return getattr(layer, cls.mlp_attr)
+
+    @classmethod
+    def ffn_linears(cls, mlp: Any) -> tuple[Any, Any, Any]:
+        """(gate, up, down) ``nn.Linear`` modules of a SwiGLU FFN."""
+        return tuple(getattr(mlp, n) for n in cls.ffn_names)  # type: ignore[return-value]
+
+    @classmethod
+    def lm_head(cls, model: Any) -> Any:
+        return model.lm_head
+
+    # ---- tokens ----------------------------------------------------------------------------
+    @classmethod
+    def visual_token_ids(cls, config: Any) -> tuple[int, ...]:
+        ids = []
+        for attr in cls.visual_token_attrs:
+            value = getattr(config, attr, None)
+            if value is not None:
+                ids.append(int(value))
+        if not ids:
+            raise ModelError(f"{cls.name}: the config has none of {', '.join(cls.visual_token_attrs)}")
+        return tuple(ids)
+
+    @classmethod
+    def find_visual_span(cls, input_ids: Any, config: Any) -> VisualSpan:
+        """The one contiguous visual span shared by every row of ``input_ids`` ([B, S] or [S]).
+
+        Raises :class:`InputError` for several separated spans or rows that disagree.
+        """
+        import numpy as np
+
+        ids = np.asarray(input_ids.cpu() if hasattr(input_ids, "cpu") else input_ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        spans = {_span_of_row(row, cls.visual_token_ids(config)) for row in ids}
+        if len(spans) != 1:
+            raise InputError(
+                "batch rows have their visual tokens at different positions; rlens needs one shared "
+                "visual_span per batch (same template and image size)"
+            )
+        return spans.pop()
+
+    # ---- geometry --------------------------------------------------------------------------
+    @classmethod
+    def extra_text_inputs(cls, input_ids: Any, config: Any) -> dict[str, Any]:
+        """Extra per-token model inputs the family's forward needs besides ``input_ids``."""
+        return {}
+
+    @classmethod
+    def visual_tokens_from_pixels(cls, config: Any, processed: dict[str, Any]) -> int:
+        """Visual tokens of one image, from the image processor's output for it."""
+        return cls.visual_tokens_per_image(config)
+
+    @classmethod
+    def visual_tokens_per_image(cls, config: Any, image_size: tuple[int, int] | None = None) -> int:
+        """How many visual tokens one image gives (at ``image_size`` = (height, width) after resize)."""
+        raise NotImplementedError
+
+    # ---- support checks --------------------------------------------------------------------
+    @classmethod
+    def check_supported(cls, model: Any) -> None:
+        """Raise :class:`ModelError` unless the decoder layers have a SwiGLU FFN rlens can reduce."""
+        text = cls.text_config(model.config)
+        act = getattr(text, "hidden_act", None)
+        layer = cls.decoder_layers(model)[0]
+        mlp = getattr(layer, cls.mlp_attr, None)
+        names_ok = mlp is not None and all(hasattr(mlp, n) for n in cls.ffn_names)
+        if act not in ("silu", "swish") or not names_ok:
+            raise ModelError(
+                f"{cls.name}: rlens v1 reduces SwiGLU FFNs (silu gate * up -> down); this model has "
+                f"hidden_act={act!r} and FFN {type(mlp).__name__}"
+            )
+
+    @classmethod
+    def sizes(cls, config: Any) -> dict[str, int]:
+        """Decoder sizes used by plans and the FLOPs count."""
+        t = cls.text_config(config)
+        heads = int(t.num_attention_heads)
+        head_dim = int(getattr(t, "head_dim", None) or t.hidden_size // heads)
+        return {
+            "num_layers": int(t.num_hidden_layers),
+            "hidden_size": int(t.hidden_size),
+            "intermediate_size": int(t.intermediate_size),
+            "num_heads": heads,
+            "num_kv_heads": int(getattr(t, "num_key_value_heads", None) or heads),
+            "head_dim": head_dim,
+            "vocab_size": int(t.vocab_size),
+        }
+
+
+def _span_of_row(row: Any, visual_ids: tuple[int, ...]) -> VisualSpan:
+    import numpy as np
+
+    pos = np.flatnonzero(np.isin(row, np.asarray(visual_ids)))
+    if pos.size == 0:
+        return NO_SPAN
+    start, stop = int(pos[0]), int(pos[-1]) + 1
+    if pos.size != stop - start:
+        gaps = int(np.count_nonzero(np.diff(pos) > 1))
+        raise InputError(
+            f"the sequence has {gaps + 1} separated visual spans (visual tokens at {start}..{stop - 1} "
+            "with text in between); rlens v1 supports one contiguous visual span per sequence "
+            "(one image, no tile separators)"
+        )
+    return VisualSpan(start, stop - start)
+
+
+def merged_patches(height: int, width: int, patch: int, merge: int = 1) -> int:
+    """Tokens of a ``height x width`` image cut into ``patch`` squares, merged ``merge x merge``."""
+    return math.ceil(height / patch) * math.ceil(width / patch) // (merge * merge)
+
+
+def expand_image_marker(family: type[Family], text: str, n_visual: int) -> str:
+    """Replace the one image marker of a rendered chat prompt by the family's visual block."""
+    count = text.count(family.image_marker)
+    if count != 1:
+        raise InputError(
+            f"the prompt has {count} image slots ({family.image_marker!r}); rlens v1 takes exactly one image"
+        )
+    block = family.image_expansion.format(visual=family.visual_token * n_visual)
+    return text.replace(family.image_marker, block)

@@ -1,0 +1,124 @@
+"""InternVL2/3 (the transformers-native ``InternVLForConditionalGeneration``).
+
+Original InternVL2 checkpoints with an InternLM2 language model store packed attention and
+differently named FFN/norm weights; :func:`internlm2_to_native` renames and unpacks them so they
+load into the native (Llama-shaped) decoder layers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rlens.errors import ModelError
+from rlens.families import register
+from rlens.families.base import Family
+
+
+@register
+class InternVL(Family):
+    name = "internvl"
+    architectures = ("InternVLForConditionalGeneration",)
+    model_types = ("internvl",)
+    model_class = "InternVLForConditionalGeneration"
+    visual_token = "<IMG_CONTEXT>"
+    image_expansion = "<img>{visual}</img>"
+
+    @classmethod
+    def visual_tokens_per_image(cls, config: Any, image_size: tuple[int, int] | None = None) -> int:
+        """Per 448x448 tile (the image is cut into tiles; their tokens form one span)."""
+        return int(config.image_seq_length)
+
+    @classmethod
+    def visual_tokens_from_pixels(cls, config: Any, processed: dict[str, Any]) -> int:
+        return int(processed["pixel_values"].shape[0]) * int(config.image_seq_length)
+
+
+# InternLM2 -> native names, inside one decoder layer (packed wqkv handled separately).
+_LAYER_RENAMES = {
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+_TOP_RENAMES = {
+    "model.tok_embeddings.weight": "embed_tokens.weight",
+    "model.norm.weight": "norm.weight",
+}
+_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def unpack_wqkv(wqkv: Any, num_heads: int, num_kv_heads: int, head_dim: int) -> tuple[Any, Any, Any]:
+    """Split InternLM2's packed ``wqkv`` [(Hkv * (G + 2) * D), H] into q, k, v weights.
+
+    InternLM2 groups rows per KV head: the G query heads sharing it, then its key, then its value.
+    """
+    groups = num_heads // num_kv_heads
+    hidden = wqkv.shape[-1]
+    w = wqkv.reshape(num_kv_heads, groups + 2, head_dim, hidden)
+    q = w[:, :groups].reshape(num_heads * head_dim, hidden)
+    k = w[:, groups].reshape(num_kv_heads * head_dim, hidden)
+    v = w[:, groups + 1].reshape(num_kv_heads * head_dim, hidden)
+    return q, k, v
+
+
+def internlm2_to_native(state: dict[str, Any], num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, Any]:
+    """Map an InternLM2 ``InternLM2ForCausalLM`` state dict onto native Llama-style names.
+
+    Keys are relative to the language model (``model.layers.0.attention.wqkv.weight``,
+    ``output.weight``); the result has the keys of ``LlamaModel``/``Qwen2Model`` plus
+    ``lm_head.weight``. Unknown keys raise :class:`ModelError` naming them.
+    """
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in state.items():
+        if key in _TOP_RENAMES:
+            out[_TOP_RENAMES[key]] = value
+        elif key == "output.weight":
+            out["lm_head.weight"] = value
+        elif (m := _LAYER_KEY.match(key)) is not None:
+            idx, rest = m.groups()
+            prefix = f"layers.{idx}."
+            if rest == "attention.wqkv.weight":
+                q, k, v = unpack_wqkv(value, num_heads, num_kv_heads, head_dim)
+                out[prefix + "self_attn.q_proj.weight"] = q
+                out[prefix + "self_attn.k_proj.weight"] = k
+                out[prefix + "self_attn.v_proj.weight"] = v
+            elif rest in _LAYER_RENAMES:
+                out[prefix + _LAYER_RENAMES[rest]] = value
+            else:
+                unknown.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ModelError(f"InternLM2 checkpoint has keys rlens cannot map: {', '.join(sorted(unknown)[:8])}")
+    return out
+
+
+def native_to_internlm2(state: dict[str, Any], num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, Any]:
+    """The inverse packing (used by tests to build an InternLM2-layout checkpoint)."""
+    import torch
+
+    inv_layer = {v: k for k, v in _LAYER_RENAMES.items()}
+    inv_top = {v: k for k, v in _TOP_RENAMES.items()}
+    groups = num_heads // num_kv_heads
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        m = re.match(r"^layers\.(\d+)\.(.+)$", key)
+        if key in inv_top:
+            out[inv_top[key]] = value
+        elif key == "lm_head.weight":
+            out["output.weight"] = value
+        elif m and m.group(2) in inv_layer:
+            out[f"model.layers.{m.group(1)}.{inv_layer[m.group(2)]}"] = value
+        elif m and m.group(2) == "self_attn.q_proj.weight":
+            p = f"layers.{m.group(1)}.self_attn."
+            hidden = value.shape[-1]
+            q = state[p + "q_proj.weight"].reshape(num_kv_heads, groups, head_dim, hidden)
+            k = state[p + "k_proj.weight"].reshape(num_kv_heads, 1, head_dim, hidden)
+            v = state[p + "v_proj.weight"].reshape(num_kv_heads, 1, head_dim, hidden)
+            packed = torch.cat([q, k, v], dim=1).reshape(-1, hidden)
+            out[f"model.layers.{m.group(1)}.attention.wqkv.weight"] = packed
+    return out

@@ -1,0 +1,124 @@
+"""Resolve a MODEL argument (preset name, local directory, hub id) to a loaded model + family.
+
+Loading a local directory never runs remote code unless ``trust_remote_code=True``, and weights
+load from safetensors only (no pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlens.errors import ModelError
+from rlens.families import Family, family_for_config
+from rlens.plan import ModelInfo
+from rlens.presets import Preset, build_model, get_preset, is_preset, save_processor_files
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    family: type[Family]
+    source: str
+    preset: Preset | None = None
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    def info(self) -> ModelInfo:
+        return model_info(self.model, self.family)
+
+    def save_processor(self, out: Path) -> None:
+        """Write the processor files (tokenizer, chat template, image processor) to ``out``."""
+        if self.preset is not None:
+            save_processor_files(self.preset, out)
+            return
+        src = Path(self.source)
+        out.mkdir(parents=True, exist_ok=True)
+        names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                 "chat_template.json", "preprocessor_config.json", "processor_config.json", "generation_config.json")
+        found = False
+        for name in names:
+            if (src / name).is_file():
+                (out / name).write_bytes((src / name).read_bytes())
+                found = found or name == "tokenizer.json"
+        if not found:
+            raise ModelError(f"{src} has no tokenizer.json; rlens needs a fast tokenizer file")
+
+
+def load_model(spec: str, *, trust_remote_code: bool = False, dtype: str = "fp32") -> LoadedModel:
+    """Load ``spec``: a preset name (``tiny-qwen2-vl`` ...), or a save_pretrained directory."""
+    if is_preset(spec):
+        preset = get_preset(spec)
+        model = build_model(preset)
+        fam = family_for_config(model.config)
+        fam.check_supported(model)
+        return LoadedModel(model=model, family=fam, source=spec, preset=preset)
+    path = Path(spec)
+    if not path.is_dir():
+        raise ModelError(
+            f"MODEL {spec!r} is neither a preset ({', '.join(_preset_names())}) nor a local directory; "
+            "download hub checkpoints with `hf download` first"
+        )
+    return _load_directory(path, trust_remote_code, dtype)
+
+
+def _preset_names() -> list[str]:
+    from rlens.presets import PRESETS
+
+    return list(PRESETS)
+
+
+def _load_directory(path: Path, trust_remote_code: bool, dtype: str) -> LoadedModel:
+    import torch
+    import transformers
+
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} has no config.json (expected a save_pretrained directory)")
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ModelError(f"{path} needs remote code; pass --trust-remote-code if you trust it") from None
+        raise ModelError(f"cannot read {path}/config.json: {e}") from None
+    fam = family_for_config(config)
+    if not any(p.suffix == ".safetensors" for p in path.iterdir()):
+        raise ModelError(f"{path} has no .safetensors weights; rlens does not load pickled weights")
+    cls = getattr(transformers, fam.model_class)
+    model = cls.from_pretrained(str(path), config=config, dtype=getattr(torch, DTYPES[dtype]),
+                                use_safetensors=True, trust_remote_code=trust_remote_code)
+    fam.check_supported(model)
+    return LoadedModel(model=model.eval(), family=fam, source=str(path))
+
+
+def model_info(model: Any, family: type[Family]) -> ModelInfo:
+    sizes = family.sizes(model.config)
+    return ModelInfo(
+        architecture=family.model_class,
+        num_layers=sizes["num_layers"],
+        hidden_size=sizes["hidden_size"],
+        intermediate_size=sizes["intermediate_size"],
+        fingerprint=fingerprint(model, family),
+    )
+
+
+def fingerprint(model: Any, family: type[Family]) -> str:
+    """sha256 of the decoder sizes and a fixed sample of every decoder layer's weights.
+
+    Cheap (a few KB per layer) yet different for different checkpoints of one architecture.
+    """
+    h = hashlib.sha256()
+    h.update(json.dumps(family.sizes(model.config), sort_keys=True).encode())
+    for layer in family.decoder_layers(model):
+        for name, p in sorted(layer.named_parameters()):
+            flat = p.detach().reshape(-1)
+            h.update(name.encode())
+            h.update(flat[:256].float().cpu().numpy().tobytes())
+            h.update(flat[-256:].float().cpu().numpy().tobytes())
+    return "sha256:" + h.hexdigest()

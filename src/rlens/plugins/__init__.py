@@ -1,0 +1,72 @@
+"""Locate and load rlens' TensorRT plugin library (``librlens_trt_plugins.so``).
+
+The library is built from ``plugins/`` with CMake (see docs/plugin.md). Nothing happens at
+import: no library is loaded and neither torch nor tensorrt is imported.
+
+TensorRT registers the plugin creators when it loads the library itself, e.g.
+``trt.get_plugin_registry().load_library(str(rlens.plugins.library_path()))`` or
+``trtexec --dynamicPlugins=...``; :func:`load` only maps the library into the process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+from rlens.errors import RlensError
+
+LIBRARY_NAME = "librlens_trt_plugins.so"
+KERNEL_LIBRARY_NAME = "librlens_hollow_kernel.so"
+ENV_VAR = "RLENS_PLUGIN_LIB"
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO_ROOT = _PACKAGE_DIR.parents[2]  # <repo>/src/rlens/plugins -> <repo>
+BUILD_COMMAND = (
+    f"cmake -S {_REPO_ROOT / 'plugins'} -B {_REPO_ROOT / 'build' / 'plugins'} -DTensorRT_ROOT=<TensorRT dir> "
+    f"&& cmake --build {_REPO_ROOT / 'build' / 'plugins'} -j"
+)
+
+
+class PluginNotBuiltError(RlensError, FileNotFoundError):
+    """The plugin shared library was not found: it has to be built on the target first."""
+
+
+def search_paths(name: str = LIBRARY_NAME) -> list[Path]:
+    """Candidate locations, in search order (the env var first when set)."""
+    paths = []
+    env = os.environ.get(ENV_VAR)
+    if env and name == LIBRARY_NAME:
+        env_path = Path(env)
+        paths.append(env_path / name if env_path.is_dir() else env_path)
+    paths += [_REPO_ROOT / "build" / "plugins" / name, _REPO_ROOT / "build" / name, _PACKAGE_DIR / name]
+    return paths
+
+
+def library_path(name: str = LIBRARY_NAME) -> Path:
+    """Path of the built library; :class:`PluginNotBuiltError` with the build command if absent."""
+    paths = search_paths(name)
+    for path in paths:
+        if path.is_file():
+            return path
+    tried = ", ".join(str(p) for p in paths)
+    raise PluginNotBuiltError(
+        f"{name} not found (looked in: {tried}). Build it on the target with:\n  {BUILD_COMMAND}\n"
+        f"or point {ENV_VAR} at an existing build."
+    )
+
+
+def load(name: str = LIBRARY_NAME) -> ctypes.CDLL:
+    """ctypes-load the library with RTLD_GLOBAL and return its handle."""
+    return ctypes.CDLL(str(library_path(name)), mode=ctypes.RTLD_GLOBAL)
+
+
+__all__ = [
+    "ENV_VAR",
+    "KERNEL_LIBRARY_NAME",
+    "LIBRARY_NAME",
+    "PluginNotBuiltError",
+    "library_path",
+    "load",
+    "search_paths",
+]

@@ -1,0 +1,112 @@
+"""Apply a plan to a model in scope: ``with reduced(model, plan) as r: model(...)``.
+
+Nothing is copied and nothing outlives the ``with`` block: reduced layers get a :class:`ProbeFFN`
+wrapper around their own FFN (same weights) and an attention config that routes to
+:func:`hollow_attention`; the attention function is registered with transformers only inside
+the block. On exit every module, config and registration is restored.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+from rlens.errors import InputError
+from rlens.families import family_for_config
+from rlens.families.base import NO_SPAN, Family, VisualSpan
+from rlens.plan import Plan
+from rlens.reference.ffn import ProbeFFN
+from rlens.reference.hollow import hollow_attention
+
+ATTN_NAME = "rlens_hollow_reference"
+_registrations = 0
+
+
+class SpanState:
+    """The visual span of the chunk being run. Set explicitly with :attr:`visual_span`, or
+    found from ``input_ids`` on each top-level forward (prefill: the image span; decode: none)."""
+
+    def __init__(self, family: type[Family], config: Any) -> None:
+        self._family = family
+        self._config = config
+        self.visual_span: tuple[int, int] | None = None
+        self._auto: VisualSpan = NO_SPAN
+
+    def chunk_span(self) -> tuple[int, int]:
+        if self.visual_span is not None:
+            return tuple(self.visual_span)  # type: ignore[return-value]
+        return self._auto.as_tuple()
+
+    def pre_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
+        if self.visual_span is not None:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            raise InputError("forward without input_ids: set visual_span on the reduced() handle")
+        self._auto = self._family.find_visual_span(ids, self._config)
+
+
+def _hollow_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                    scaling: float | None = None, dropout: float = 0.0, **_: Any) -> tuple[Any, None]:
+    window, state = module._rlens_hollow
+    start, length = state.chunk_span()
+    past = key.shape[2] - query.shape[2]
+    out = hollow_attention(query, key, value, (start + past, length), window,
+                           module.scaling if scaling is None else scaling, attention_mask)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def _attention_registered() -> Iterator[None]:
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    global _registrations
+    if _registrations == 0:
+        ALL_ATTENTION_FUNCTIONS[ATTN_NAME] = _hollow_forward
+    _registrations += 1
+    try:
+        yield
+    finally:
+        _registrations -= 1
+        if _registrations == 0:
+            del ALL_ATTENTION_FUNCTIONS[ATTN_NAME]
+
+
+def _swap_attr(stack: ExitStack, obj: Any, name: str, value: Any) -> None:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    stack.callback(setattr, obj, name, old)
+
+
+def _hollow_layer(stack: ExitStack, attn: Any, window: int, state: SpanState) -> None:
+    cfg = copy.copy(attn.config)
+    cfg._attn_implementation_internal = ATTN_NAME
+    _swap_attr(stack, attn, "config", cfg)
+    attn._rlens_hollow = (window, state)
+    stack.callback(delattr, attn, "_rlens_hollow")
+
+
+@contextmanager
+def reduced(model: Any, plan: Plan, family: type[Family] | None = None) -> Iterator[SpanState]:
+    """Run ``model`` with ``plan``'s reductions inside the block. Yields the :class:`SpanState`."""
+    family = family or family_for_config(model.config)
+    state = SpanState(family, model.config)
+    layers = family.decoder_layers(model)
+    with ExitStack() as stack:
+        if any(lp.hollow_window is not None for lp in plan.layers):
+            stack.enter_context(_attention_registered())
+        for lp in plan.layers:
+            layer = layers[lp.index]
+            if lp.hollow_window is not None:
+                _hollow_layer(stack, family.attention(layer), lp.hollow_window, state)
+            if lp.ffn_keep is not None:
+                mlp = family.ffn(layer)
+                indices = lp.ffn_indices if plan.ffn_mode == "static" else None
+                wrapper = ProbeFFN(mlp, family.ffn_linears(mlp), lp.ffn_keep, indices,
+                                   plan.ffn_probes, state.chunk_span)
+                _swap_attr(stack, layer, family.mlp_attr, wrapper)
+        handle = model.register_forward_pre_hook(state.pre_forward, with_kwargs=True)
+        stack.callback(handle.remove)
+        yield state
