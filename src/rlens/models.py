@@ -75,6 +75,29 @@ def _preset_names() -> list[str]:
     return list(PRESETS)
 
 
+def load_config(spec: str, *, trust_remote_code: bool = False) -> tuple[Any, type[Family]]:
+    """Only the config and family of MODEL (no weights): for FLOPs tables and checks."""
+    if is_preset(spec):
+        from rlens.presets import build_config
+
+        config = build_config(get_preset(spec))
+        return config, family_for_config(config)
+    path = Path(spec)
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"MODEL {spec!r} is neither a preset ({', '.join(_preset_names())}) nor a directory with config.json"
+        )
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise ModelError(f"{path} needs remote code; pass --trust-remote-code if you trust it") from None
+        raise ModelError(f"cannot read {path}/config.json: {e}") from None
+    return config, family_for_config(config)
+
+
 def _load_directory(path: Path, trust_remote_code: bool, dtype: str) -> LoadedModel:
     import torch
     import transformers

@@ -1,0 +1,81 @@
+"""``rlens inspect MODEL``: family, sizes and the per-layer prefill FLOPs table of a plan."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rlens.flops import Sizes, TokenLayout, plan_flops
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="show a model's family, sizes and prefill FLOPs (optionally under a plan)",
+        description="Show the family, layer count and sizes of MODEL and the per-layer and total prefill "
+        "FLOPs, exact and in FastV's convention, for the unreduced model or under --plan.",
+    )
+    p.add_argument("model", metavar="MODEL", help="preset name (e.g. tiny-qwen2-vl) or save_pretrained directory")
+    p.add_argument("--plan", metavar="P", help="plan.json to account for (checked against the model)")
+    p.add_argument("--visual-tokens", type=int, default=256, metavar="N",
+                   help="visual tokens in the prefill (default 256: one InternVL tile)")
+    p.add_argument("--text-tokens", type=int, default=64, metavar="T",
+                   help="text tokens in the prefill (default 64)")
+    p.add_argument("--text-before", type=int, default=0, metavar="T0",
+                   help="how many of the text tokens come before the image (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow custom model code from a local directory (off by default)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlens.errors import InputError
+    from rlens.models import load_config, load_model
+
+    if args.visual_tokens < 0 or args.text_tokens < 0 or not 0 <= args.text_before <= args.text_tokens:
+        raise InputError("token counts must be >= 0 and --text-before at most --text-tokens")
+    plan = None
+    if args.plan:
+        from rlens.plan import load_plan
+
+        loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        config, family = loaded.config, loaded.family
+        plan = load_plan(args.plan, loaded.info())
+    else:
+        config, family = load_config(args.model, trust_remote_code=args.trust_remote_code)
+    sizes = family.sizes(config)
+    layout = TokenLayout(visual=args.visual_tokens, text_after=args.text_tokens - args.text_before,
+                         text_before=args.text_before)
+    report = plan_flops(plan, Sizes.from_family_sizes(sizes), layout)
+    if args.json:
+        out = {"family": family.name, "architecture": family.model_class, "sizes": sizes,
+               "rope": family.rope_kind, "tokens": {"visual": layout.visual, "text": layout.text,
+                                                   "text_before": layout.text_before},
+               "plan": plan.summary() if plan else None, "flops": report.to_json()}
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(format_table(family, sizes, plan, layout, report))
+    return 0
+
+
+def format_table(family, sizes, plan, layout, report) -> str:
+    lines = [
+        f"family        {family.name} ({family.model_class}), rope={family.rope_kind}",
+        "decoder       " + ", ".join(f"{k}={v}" for k, v in sizes.items()),
+        f"tokens        {layout.visual} visual, {layout.text} text ({layout.text_before} before the image)",
+        f"plan          {plan.summary() if plan else 'none (unreduced)'}",
+        "",
+        f"{'layer':>5} {'hollow W':>9} {'FFN keep':>9} {'GFLOPs':>10} {'vs full':>8}",
+    ]
+    full = report.full_total / len(report.layers)
+    for lf in report.layers:
+        lp = plan.layer(lf.index) if plan else None
+        w = lp.hollow_window if lp and lp.hollow_window is not None else "-"
+        k = lp.ffn_keep if lp and lp.ffn_keep is not None else "-"
+        lines.append(f"{lf.index:>5} {w!s:>9} {k!s:>9} {lf.total / 1e9:>10.4f} {lf.total / full:>8.3f}")
+    lines.append(f"total prefill {report.total / 1e9:.4f} GFLOPs; ratio {report.ratio:.4f} "
+                 f"(FastV convention {report.ratio_fastv:.4f})")
+    return "\n".join(lines)

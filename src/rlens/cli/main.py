@@ -1,0 +1,53 @@
+"""``rlens`` (one subcommand per stage) and ``rlens-export``. Thin adapters: every user error is a
+typed :class:`~rlens.errors.RlensError`, printed as one line with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rlens import __version__
+from rlens.errors import RlensError
+
+_COMMANDS = ("inspect",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlens",
+        description="RedundancyLens for multimodal LLMs: calibrate, export and run reduced bundles.",
+    )
+    parser.add_argument("--version", action="version", version=f"rlens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from rlens.cli import inspect_cmd
+
+    inspect_cmd.add_parser(sub)
+    return parser
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RlensError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    return _run(build_parser(), argv)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """``rlens-export``: calibrate + export (+ build-engine) as one build step."""
+    print("rlens-export: error: export is not available in this version yet", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

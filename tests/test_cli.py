@@ -1,0 +1,67 @@
+"""The CLI: help for every flag, JSON output, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _rlens(*args):
+    return subprocess.run([sys.executable, "-m", "rlens.cli.main", *args], capture_output=True, text=True)
+
+
+def test_help_explains_every_flag():
+    from rlens.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help, f"rlens {name}: {action.option_strings or action.dest} has no help"
+
+
+def test_inspect_json():
+    r = _rlens("inspect", "tiny-internvl", "--visual-tokens", "1024", "--text-tokens", "64", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["family"] == "internvl" and out["sizes"]["num_layers"] == 4
+    assert out["flops"]["ratio"] == 1.0 and len(out["flops"]["layers"]) == 4
+
+
+def test_inspect_with_plan(tmp_path):
+    from rlens.models import load_model
+    from rlens.plan import LayerPlan, Plan
+
+    info = load_model("tiny-llava").info()
+    plan = Plan(model=info, layers=(LayerPlan(2, hollow_window=4, ffn_keep=48, ffn_indices=tuple(range(48))),))
+    plan.save(tmp_path / "plan.json")
+    r = _rlens("inspect", "tiny-llava", "--plan", str(tmp_path / "plan.json"), "--visual-tokens", "16",
+               "--text-tokens", "40", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["flops"]["ratio"] < 1.0
+    wrong = _rlens("inspect", "tiny-qwen2-vl", "--plan", str(tmp_path / "plan.json"))
+    assert wrong.returncode == 2 and "fingerprint" in wrong.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["inspect", "no-such-model"], "neither a preset"),
+        (["inspect", "tiny-llava", "--plan", "/nonexistent/plan.json"], "cannot read plan"),
+        (["inspect", "tiny-llava", "--text-before", "99"], "--text-before"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, message):
+    r = _rlens(*args)
+    assert r.returncode == 2
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_unsupported_directory(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "whisper", "architectures": ["WhisperModel"]}))
+    r = _rlens("inspect", str(tmp_path))
+    assert r.returncode == 2 and "unsupported architecture WhisperModel" in r.stderr

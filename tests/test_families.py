@@ -1,0 +1,115 @@
+"""Model families: registry, coverage by presets, visual spans, InternLM2 weight mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rlens.errors import InputError, ModelError
+from rlens.families import all_families, family_for_config
+from rlens.families.internvl import internlm2_to_native, native_to_internlm2
+from rlens.presets import PRESETS
+
+
+def test_every_family_has_a_preset_or_a_config_test():
+    covered = {p.family for p in PRESETS.values()} | {"llava-next"}
+    assert set(all_families()) == covered
+
+
+def test_unsupported_architecture_lists_supported():
+    class Cfg:
+        architectures = ["WhisperForConditionalGeneration"]
+        model_type = "whisper"
+
+    with pytest.raises(ModelError, match="supports: .*Qwen2VLForConditionalGeneration"):
+        family_for_config(Cfg())
+
+
+def test_llava_next_config_maps_to_family():
+    import transformers
+
+    cfg = transformers.LlavaNextConfig()
+    assert family_for_config(cfg).name == "llava-next"
+
+
+def test_visual_span_found_and_rejects_several(any_preset):
+    loaded, _, prepared, _ = any_preset
+    fam, cfg = loaded.family, loaded.config
+    span = fam.find_visual_span(prepared.input_ids, cfg)
+    assert span.as_tuple() == prepared.visual_span and span.length > 0
+    ids = prepared.input_ids.copy()
+    s, n = prepared.visual_span
+    ids[0, s + n // 2] = 65  # a text token inside the image: two separated spans
+    with pytest.raises(InputError, match="2 separated visual spans"):
+        fam.find_visual_span(ids, cfg)
+    text_only = np.full((1, 5), 65)
+    assert fam.find_visual_span(text_only, cfg).length == 0
+
+
+def test_prompt_without_one_image_slot(any_preset):
+    from rlens.families.base import expand_image_marker
+
+    loaded = any_preset[0]
+    with pytest.raises(InputError, match="0 image slots"):
+        expand_image_marker(loaded.family, "no image here", 4)
+
+
+def test_check_supported_rejects_non_swiglu(any_preset):
+    loaded = any_preset[0]
+    text = loaded.family.text_config(loaded.config)
+    old = text.hidden_act
+    text.hidden_act = "gelu"
+    try:
+        with pytest.raises(ModelError, match="SwiGLU"):
+            loaded.family.check_supported(loaded.model)
+    finally:
+        text.hidden_act = old
+
+
+def test_internlm2_layout_loads_into_the_same_layers():
+    """Pack a Llama decoder's weights into InternLM2's layout (wqkv, w1/w2/w3, attention_norm,
+    ffn_norm), map them back, load into a fresh model: identical outputs."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+                                   num_key_value_heads=2, vocab_size=100)
+    torch.manual_seed(0)
+    src = transformers.LlamaForCausalLM(cfg).eval()
+    for p in src.parameters():
+        p.data.normal_(0, 0.2)
+    native = {k.removeprefix("model."): v for k, v in src.state_dict().items()}
+    packed = native_to_internlm2(native, 8, 2, 8)
+    assert "model.layers.0.attention.wqkv.weight" in packed and "model.layers.1.feed_forward.w2.weight" in packed
+    assert packed["model.layers.0.attention.wqkv.weight"].shape == ((8 + 2 * 2) * 8, 64)
+    assert not any("q_proj" in k for k in packed)
+    mapped = internlm2_to_native(packed, 8, 2, 8)
+    dst = transformers.LlamaForCausalLM(cfg).eval()
+    state = {("model." + k if not k.startswith("lm_head") else k): v for k, v in mapped.items()}
+    missing, unexpected = dst.load_state_dict(state, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing)
+    ids = torch.randint(0, 100, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(src(ids).logits, dst(ids).logits)
+
+
+def test_internlm2_unknown_keys_are_named():
+    with pytest.raises(ModelError, match="vision_model.x"):
+        internlm2_to_native({"vision_model.x": torch.zeros(1)}, 8, 2, 8)
+
+
+def test_wqkv_unpacking_follows_internlm2_attention():
+    """InternLM2's attention reads ``qkv = wqkv(x)`` as [.., Hkv, G + 2, D]: the G query heads of a KV
+    group, then its key, then its value. Check unpacking against that reading directly."""
+    from rlens.families.internvl import unpack_wqkv
+
+    hkv, groups, d, hidden = 2, 3, 4, 10
+    wqkv = torch.randn(hkv * (groups + 2) * d, hidden)
+    x = torch.randn(5, hidden)
+    qkv = (x @ wqkv.t()).reshape(5, hkv, groups + 2, d)
+    q_ref = qkv[:, :, :groups].reshape(5, hkv * groups, d)
+    k_ref, v_ref = qkv[:, :, -2], qkv[:, :, -1]
+    q, k, v = unpack_wqkv(wqkv, hkv * groups, hkv, d)
+    assert torch.allclose((x @ q.t()).reshape(5, -1, d), q_ref)
+    assert torch.allclose((x @ k.t()).reshape(5, hkv, d), k_ref)
+    assert torch.allclose((x @ v.t()).reshape(5, hkv, d), v_ref)

@@ -1,0 +1,28 @@
+"""The README's quick start: exactly two commands, and the main-job one runs (set-up included)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _quick_start_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Quick start", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+
+
+def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
+    cmds = _quick_start_commands()
+    assert cmds == ["./dev.sh demo", "./dev.sh test"]
+    assert "./dev.sh test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_main_job_command_runs():
+    r = subprocess.run(_quick_start_commands()[0], shell=True, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "family        qwen2-vl" in r.stdout and "total prefill" in r.stdout
