@@ -113,3 +113,37 @@ def test_wqkv_unpacking_follows_internlm2_attention():
     assert torch.allclose((x @ q.t()).reshape(5, -1, d), q_ref)
     assert torch.allclose((x @ k.t()).reshape(5, hkv, d), k_ref)
     assert torch.allclose((x @ v.t()).reshape(5, hkv, d), v_ref)
+
+
+def test_local_directory_loads_like_the_preset(tmp_path, any_preset):
+    """A save_pretrained directory (safetensors) loads through the same path users take."""
+    from rlens.models import load_model
+
+    loaded, _, _, inputs = any_preset
+    loaded.model.save_pretrained(tmp_path)
+    loaded.save_processor(tmp_path)
+    again = load_model(str(tmp_path))
+    assert again.family is loaded.family and again.info() == loaded.info()
+    with torch.no_grad():
+        assert torch.equal(again.model(**inputs).logits, loaded.model(**inputs).logits)
+
+
+def test_directory_without_safetensors_is_refused(tmp_path, any_preset):
+    from rlens.models import load_model
+
+    any_preset[0].model.config.save_pretrained(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelError, match="no .safetensors"):
+        load_model(str(tmp_path))
+
+
+def test_remote_code_needs_the_flag(tmp_path):
+    import json
+
+    from rlens.models import load_model
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
+        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig"}}))
+    with pytest.raises(ModelError, match="trust-remote-code"):
+        load_model(str(tmp_path))

@@ -113,7 +113,8 @@ def _load_directory(path: Path, trust_remote_code: bool, dtype: str) -> LoadedMo
     fam = family_for_config(config)
     if not any(p.suffix == ".safetensors" for p in path.iterdir()):
         raise ModelError(f"{path} has no .safetensors weights; rlens does not load pickled weights")
-    cls = getattr(transformers, fam.model_class)
+    archs = [a for a in (config.architectures or []) if a in fam.architectures and hasattr(transformers, a)]
+    cls = getattr(transformers, archs[0] if archs else fam.model_class)
     model = cls.from_pretrained(str(path), config=config, dtype=getattr(torch, DTYPES[dtype]),
                                 use_safetensors=True, trust_remote_code=trust_remote_code)
     fam.check_supported(model)
