@@ -147,3 +147,42 @@ def test_remote_code_needs_the_flag(tmp_path):
         "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig"}}))
     with pytest.raises(ModelError, match="trust-remote-code"):
         load_model(str(tmp_path))
+
+
+def test_llava_next_with_mistral_runs_through_the_reference():
+    """LLaVA-NeXT (Mistral language model) from a config: the reduced decoder is exact at W >= N_v,
+    rho = 1 and changes with a real reduction (text-only forward, explicit visual span)."""
+    import transformers
+
+    from rlens.models import model_info
+    from rlens.plan import LayerPlan, Plan
+    from rlens.reference import reduced
+
+    cfg = transformers.LlavaNextConfig(
+        text_config=dict(model_type="mistral", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=300, sliding_window=None),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        image_token_index=299, image_grid_pinpoints=[[28, 28]])
+    torch.manual_seed(0)
+    model = transformers.LlavaNextForConditionalGeneration(cfg).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.15)
+    fam = family_for_config(cfg)
+    assert fam.name == "llava-next"
+    fam.check_supported(model)
+    info = model_info(model, fam)
+    ids = torch.randint(0, 290, (1, 30))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        exact = Plan(model=info, layers=tuple(LayerPlan(i, hollow_window=20, ffn_keep=96, ffn_indices=tuple(range(96)))
+                                              for i in range(2)))
+        with reduced(model, exact, fam) as state:
+            state.visual_span = (5, 20)
+            assert torch.equal(model(input_ids=ids).logits, ref)
+        real = Plan(model=info, layers=(LayerPlan(1, hollow_window=2, ffn_keep=16, ffn_indices=tuple(range(16))),))
+        with reduced(model, real, fam) as state:
+            state.visual_span = (5, 20)
+            out = model(input_ids=ids).logits
+    assert (out - ref).abs().max() > 1e-3
+    assert torch.equal(out[:, :5], ref[:, :5])  # text before the image is untouched
