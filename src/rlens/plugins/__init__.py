@@ -3,9 +3,9 @@
 The library is built from ``plugins/`` with CMake (see docs/plugin.md). Nothing happens at
 import: no library is loaded and neither torch nor tensorrt is imported.
 
-TensorRT registers the plugin creators when it loads the library itself, e.g.
-``trt.get_plugin_registry().load_library(str(rlens.plugins.library_path()))`` or
-``trtexec --dynamicPlugins=...``; :func:`load` only maps the library into the process.
+TensorRT registers the plugin creators when it loads the library itself:
+:func:`register_with` (``registry.load_library(path)``) or ``trtexec --dynamicPlugins=...``;
+:func:`load` only maps the library into the process.
 """
 
 from __future__ import annotations
@@ -57,8 +57,27 @@ def library_path(name: str = LIBRARY_NAME) -> Path:
 
 
 def load(name: str = LIBRARY_NAME) -> ctypes.CDLL:
-    """ctypes-load the library with RTLD_GLOBAL and return its handle."""
+    """ctypes-load the library with RTLD_GLOBAL and return its handle.
+
+    This maps the library (and its kernel entry points) into the process; it does not register
+    the plugin creators with TensorRT -- use :func:`register_with` for that.
+    """
     return ctypes.CDLL(str(library_path(name)), mode=ctypes.RTLD_GLOBAL)
+
+
+def register_with(registry):
+    """Register the plugins with a TensorRT plugin registry (``trt.get_plugin_registry()``).
+
+    TensorRT dlopens the library and calls its ``getCreators()``; the returned handle can be
+    passed to ``registry.deregister_library``. Taking the registry as an argument keeps this
+    module free of a tensorrt import.
+    """
+    path = library_path()
+    handle = registry.load_library(str(path))
+    if handle is None:
+        raise RlensError(f"TensorRT could not load the plugin library {path} (already registered, or built "
+                         "against another TensorRT/CUDA); see the TensorRT log")
+    return handle
 
 
 __all__ = [
@@ -68,5 +87,6 @@ __all__ = [
     "PluginNotBuiltError",
     "library_path",
     "load",
+    "register_with",
     "search_paths",
 ]

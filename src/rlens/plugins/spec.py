@@ -71,7 +71,9 @@ HOLLOW_ATTENTION = PluginSpec(
     onnx_domain="rlens",
     inputs=(
         TensorSpec("q", _FLOAT, "[B, Hq, S, D]", "queries, RoPE applied; query i is at position P + i"),
-        TensorSpec("k", _FLOAT, "[B, Hkv, T, D]", "keys, RoPE applied, past included (T = P + S); dtype of q"),
+        TensorSpec(
+            "k", _FLOAT, "[B, Hkv, T, D]", "keys, RoPE applied, past included (T = P + S); dtype of q"
+        ),
         TensorSpec("v", _FLOAT, "[B, Hkv, T, D]", "values, past included; dtype of q"),
         TensorSpec(
             "visual_span",
@@ -84,11 +86,15 @@ HOLLOW_ATTENTION = PluginSpec(
     attributes=(
         AttributeSpec("plugin_namespace", "str", "TensorRT plugin namespace", False, value="rlens"),
         AttributeSpec("plugin_version", "str", "TensorRT plugin version", False, value="1"),
-        AttributeSpec("window", "int", "W: a visual query sees visual keys j with 0 <= i - j < W", True, "kINT32"),
+        AttributeSpec(
+            "window", "int", "W: a visual query sees visual keys j with 0 <= i - j < W", True, "kINT32"
+        ),
         AttributeSpec("num_heads", "int", "Hq, query heads", True, "kINT32"),
         AttributeSpec("num_kv_heads", "int", "Hkv, key/value heads (Hq % Hkv == 0, GQA)", True, "kINT32"),
         AttributeSpec("head_dim", "int", "D, 1..256", True, "kINT32"),
-        AttributeSpec("scale", "float", "multiplies q.k before the softmax (usually D**-0.5)", True, "kFLOAT32"),
+        AttributeSpec(
+            "scale", "float", "multiplies q.k before the softmax (usually D**-0.5)", True, "kFLOAT32"
+        ),
     ),
     max_head_dim=256,
 )
@@ -106,7 +112,8 @@ def make_node_attributes(window: int, num_heads: int, num_kv_heads: int, head_di
     if num_heads % num_kv_heads:
         raise PluginSpecError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
     if head_dim > HOLLOW_ATTENTION.max_head_dim:
-        raise PluginSpecError(f"head_dim {head_dim} exceeds the plugin's limit {HOLLOW_ATTENTION.max_head_dim}")
+        limit = HOLLOW_ATTENTION.max_head_dim
+        raise PluginSpecError(f"head_dim {head_dim} exceeds the plugin's limit {limit}")
     if not math.isfinite(scale) or scale <= 0:
         raise PluginSpecError(f"HollowAttention scale must be a finite positive number, got {scale!r}")
     values = {"plugin_namespace": HOLLOW_ATTENTION.namespace, "plugin_version": HOLLOW_ATTENTION.version}
@@ -137,7 +144,9 @@ def markdown_table(spec: PluginSpec = HOLLOW_ATTENTION) -> str:
 def _check_span(visual_span, q_len: int) -> tuple[int, int]:
     start, length = (int(x) for x in np.asarray(visual_span).reshape(-1)[:2])
     if np.asarray(visual_span).size != 2 or start < 0 or length < 0 or start + length > q_len:
-        raise PluginSpecError(f"visual_span must be (start, length) inside the chunk of {q_len}, got {visual_span!r}")
+        raise PluginSpecError(
+            f"visual_span must be (start, length) inside the chunk of {q_len}, got {visual_span!r}"
+        )
     return start, length
 
 
@@ -158,7 +167,8 @@ def hollow_attention_mask(q_len: int, kv_len: int, visual_span, window: int) -> 
 def reference_hollow_attention(q, k, v, visual_span, window: int, scale: float) -> np.ndarray:
     """Golden HollowAttention in numpy, float64: q [B,Hq,S,D], k/v [B,Hkv,T,D] -> [B,Hq,S,D]."""
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
-    if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+    same_bd = q.shape[0] == k.shape[0] and q.shape[-1] == k.shape[-1]
+    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape or not same_bd:
         raise PluginSpecError(f"bad shapes q {q.shape}, k {k.shape}, v {v.shape}")
     heads, kv_heads = q.shape[1], k.shape[1]
     if heads % kv_heads:
