@@ -1,0 +1,276 @@
+"""decoder.onnx written directly from the model's weights (DESIGN §5).
+
+Llama-shaped decoder layers (RMSNorm, q/k/v(+bias)/o projections, RoPE or M-RoPE, GQA attention
+with a KV cache, SwiGLU FFN), the final norm and the LM head for the last position. Reduced
+layers get Hollow Attention (portable subgraph or ``rlens::HollowAttention`` node) and the
+Probe-Activated FFN. Generic: everything family specific comes from :class:`Family`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from rlens.export import attention as att
+from rlens.export import ffn as ffn_mod
+from rlens.export.graph import GraphBuilder
+from rlens.plan import LayerPlan, Plan
+from rlens.plugins.spec import HOLLOW_ATTENTION
+
+INT64 = TensorProto.INT64
+
+
+@dataclass(frozen=True)
+class DecoderGeometry:
+    num_layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    mrope_section: tuple[int, ...] | None
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().to("cpu").float().numpy()
+
+
+def geometry(loaded: Any) -> DecoderGeometry:
+    fam, model = loaded.family, loaded.model
+    s = fam.sizes(model.config)
+    rot = fam.language_model(model).rotary_emb
+    section = tuple(int(x) for x in rot.mrope_section) if fam.rope_kind == "mrope" else None
+    return DecoderGeometry(s["num_layers"], s["hidden_size"], s["num_heads"], s["num_kv_heads"],
+                           s["head_dim"], s["vocab_size"], section)
+
+
+def io_names(geo: DecoderGeometry) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{t}" for i in range(geo.num_layers) for t in ("key", "value")]
+    present = [f"present.{i}.{t}" for i in range(geo.num_layers) for t in ("key", "value")]
+    return (["inputs_embeds", "attention_mask", "position_ids", *past, "visual_span"],
+            ["logits", *present])
+
+
+def _io(geo: DecoderGeometry, dtype: int) -> tuple[list, list]:
+    kv_shape = ["batch", geo.kv_heads, "past_sequence", geo.head_dim]
+    out_kv = ["batch", geo.kv_heads, "total_sequence", geo.head_dim]
+    pos = [3, "batch", "sequence"] if geo.mrope_section else ["batch", "sequence"]
+    ins = [helper.make_tensor_value_info("inputs_embeds", dtype, ["batch", "sequence", geo.hidden]),
+           helper.make_tensor_value_info("attention_mask", INT64, ["batch", "total_sequence"]),
+           helper.make_tensor_value_info("position_ids", INT64, pos)]
+    outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, geo.vocab])]
+    for i in range(geo.num_layers):
+        for t in ("key", "value"):
+            ins.append(helper.make_tensor_value_info(f"past_key_values.{i}.{t}", dtype, kv_shape))
+            outs.append(helper.make_tensor_value_info(f"present.{i}.{t}", dtype, out_kv))
+    ins.append(helper.make_tensor_value_info("visual_span", INT64, [2]))
+    return ins, outs
+
+
+def rms_norm(b: GraphBuilder, x32: str, weight: np.ndarray, eps: float, name: str) -> str:
+    """HF RMSNorm on the fp32 stream; returns the graph float type."""
+    var = b.op("ReduceMean", [b.op("Mul", [x32, x32], label="square"), b.const([-1])], keepdims=1)
+    inv = b.op("Reciprocal", [b.op("Sqrt", [b.op("Add", [var, b.const(eps, np.float32)])])])
+    normed = b.cast(b.op("Mul", [x32, inv], label="normalize"), "model")
+    return b.op("Mul", [b.weight(name, weight.astype(b.np_float)), normed], label="weight")
+
+
+def _rope_tables(b: GraphBuilder, loaded: Any, geo: DecoderGeometry) -> tuple[str, str]:
+    """cos, sin [B, 1, S, D] from ``position_ids`` (M-RoPE: per-frequency position row)."""
+    rot = loaded.family.language_model(loaded.model).rotary_emb
+    inv_freq = _np(rot.inv_freq).astype(np.float32)
+    with b.scope("rotary"):
+        pos = b.op("Unsqueeze", [b.op("Cast", ["position_ids"], to=TensorProto.FLOAT), b.const([-1])])
+        freqs = b.op("Mul", [pos, b.const(inv_freq, np.float32)], label="freqs")
+        if geo.mrope_section:
+            rows = np.concatenate([np.full(n, i % 3) for i, n in enumerate(geo.mrope_section)])
+            onehot = (np.arange(3)[:, None] == rows[None, :]).astype(np.float32)[:, None, None, :]
+            freqs = b.op("ReduceSum", [b.op("Mul", [freqs, b.const(onehot, np.float32)], label="sections"),
+                                       b.const([0])], keepdims=0)
+        emb = b.op("Concat", [freqs, freqs], axis=-1)
+        scale = float(getattr(rot, "attention_scaling", 1.0))
+        cos, sin = b.op("Cos", [emb]), b.op("Sin", [emb])
+        if scale != 1.0:
+            cos = b.op("Mul", [cos, b.const(scale, np.float32)])
+            sin = b.op("Mul", [sin, b.const(scale, np.float32)])
+        cos = b.cast(b.op("Unsqueeze", [cos, b.const([1])]), "model")
+        sin = b.cast(b.op("Unsqueeze", [sin, b.const([1])]), "model")
+    return cos, sin
+
+
+def _rotate(b: GraphBuilder, x: str, cos: str, sin: str, half: int) -> str:
+    x1 = b.slice(x, b.const([0]), b.const([half]), 3)
+    x2 = b.slice(x, b.const([half]), b.const([2 * half]), 3)
+    rotated = b.op("Concat", [b.op("Neg", [x2]), x1], axis=-1, label="rotate_half")
+    return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [rotated, sin])], label="rope")
+
+
+@dataclass(frozen=True)
+class _Shared:
+    cos: str
+    sin: str
+    key_mask: str  # bool [B,1,1,1,T]
+    causal: str  # bool [B,1,1,S,T]
+    span: tuple[str, str]  # [1]-shaped start, end of the visual span in the chunk
+
+
+def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim: int) -> str:
+    y = b.op("MatMul", [x, b.weight(f"{name}.weight_t", _np(lin.weight).T.astype(b.np_float))], label="MatMul")
+    if lin.bias is not None:
+        y = b.op("Add", [y, b.weight(f"{name}.bias", _np(lin.bias).astype(b.np_float))], label="bias")
+    y = b.op("Reshape", [y, b.const([0, 0, heads, head_dim])])
+    return b.op("Transpose", [y], perm=[0, 2, 1, 3])
+
+
+def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None) -> str:
+    geo, attn = ctx.geo, ctx.family.attention(ctx.layers[i])
+    pre = f"layers.{i}.attn"
+    with b.scope("q_proj"):
+        q = _project(b, x, attn.q_proj, f"{pre}.q_proj", geo.heads, geo.head_dim)
+    with b.scope("k_proj"):
+        k = _project(b, x, attn.k_proj, f"{pre}.k_proj", geo.kv_heads, geo.head_dim)
+    with b.scope("v_proj"):
+        v = _project(b, x, attn.v_proj, f"{pre}.v_proj", geo.kv_heads, geo.head_dim)
+    with b.scope("rotary"):
+        q = _rotate(b, q, ctx.shared.cos, ctx.shared.sin, geo.head_dim // 2)
+        k = _rotate(b, k, ctx.shared.cos, ctx.shared.sin, geo.head_dim // 2)
+    k_all = b.op("Concat", [f"past_key_values.{i}.key", k], axis=2, label="concat_past_key")
+    v_all = b.op("Concat", [f"past_key_values.{i}.value", v], axis=2, label="concat_past_value")
+    b.output(k_all, f"present.{i}.key")
+    b.output(v_all, f"present.{i}.value")
+    scale = float(attn.scaling)
+    if lp is not None and lp.hollow_window is not None:
+        out = _hollow(b, ctx, q, k_all, v_all, lp.hollow_window, scale)
+    else:
+        q5 = att.group_queries(b, q, k_all)
+        k5 = b.op("Unsqueeze", [k_all, b.const([2])])
+        v5 = b.op("Unsqueeze", [v_all, b.const([2])])
+        out5 = att.dense_attention(b, q5, k5, v5, ctx.shared.causal, b.fconst(scale))
+        out = att.ungroup(b, out5)
+    out = b.op("Reshape", [b.op("Transpose", [out], perm=[0, 2, 1, 3]), b.const([0, 0, -1])])
+    with b.scope("o_proj"):
+        wo = attn.o_proj
+        y = b.op("MatMul", [out, b.weight(f"{pre}.o_proj.weight_t", _np(wo.weight).T.astype(b.np_float))])
+        if wo.bias is not None:
+            y = b.op("Add", [y, b.weight(f"{pre}.o_proj.bias", _np(wo.bias).astype(b.np_float))])
+    return y
+
+
+def _hollow(b: GraphBuilder, ctx: _Ctx, q: str, k: str, v: str, window: int, scale: float) -> str:
+    geo = ctx.geo
+    if ctx.attention_mode == "plugin":
+        from rlens.plugins.spec import make_node_attributes
+
+        attrs = make_node_attributes(window, geo.heads, geo.kv_heads, geo.head_dim, scale)
+        return b.op(HOLLOW_ATTENTION.name, [q, k, v, "visual_span"], label=HOLLOW_ATTENTION.name,
+                    domain=HOLLOW_ATTENTION.onnx_domain, **attrs)
+    with b.scope("HollowAttention"):
+        return att.hollow_attention(b, q, k, v, "visual_span", b.const(window), b.fconst(scale),
+                                    ctx.shared.key_mask)
+
+
+@dataclass
+class _Ctx:
+    loaded: Any
+    plan: Plan
+    geo: DecoderGeometry
+    attention_mode: str
+    shared: _Shared | None = None
+
+    @property
+    def family(self) -> Any:
+        return self.loaded.family
+
+    @property
+    def layers(self) -> Any:
+        return self.family.decoder_layers(self.loaded.model)
+
+
+def _ffn(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None) -> str:
+    gate, up, down = (_np(m.weight) for m in ctx.family.ffn_linears(ctx.family.ffn(ctx.layers[i])))
+    keep = None if lp is None else lp.ffn_keep
+    perm = None
+    if keep is not None and ctx.plan.ffn_mode == "static":
+        perm = ffn_mod.static_permutation(lp.ffn_indices, gate.shape[0])
+    w = ffn_mod.add_ffn_weights(b, f"layers.{i}.mlp", gate, up, down, perm)
+    if keep is None:
+        return ffn_mod.full_ffn(b, x, w)
+    return ffn_mod.reduced_ffn(b, x, w, ctx.shared.span, keep, ctx.plan.ffn_mode, ctx.plan.ffn_probes)
+
+
+def _layer(b: GraphBuilder, ctx: _Ctx, i: int, x32: str) -> str:
+    layer = ctx.layers[i]
+    lp = ctx.plan.layer(i)
+    with b.scope(f"layers.{i}"):
+        with b.scope("input_norm"):
+            h = rms_norm(b, x32, _np(layer.input_layernorm.weight), _eps(layer.input_layernorm),
+                         f"layers.{i}.input_layernorm.weight")
+        with b.scope("attn"):
+            a = _attention(b, ctx, i, h, lp)
+        x32 = b.op("Add", [x32, b.cast(a, "fp32")], label="residual_attn")
+        with b.scope("post_attention_norm"):
+            h = rms_norm(b, x32, _np(layer.post_attention_layernorm.weight),
+                         _eps(layer.post_attention_layernorm), f"layers.{i}.post_attention_layernorm.weight")
+        with b.scope("mlp"):
+            f = _ffn(b, ctx, i, h, lp)
+        return b.op("Add", [x32, b.cast(f, "fp32")], label="residual_mlp")
+
+
+def _eps(norm: Any) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+
+def _shared(b: GraphBuilder, ctx: _Ctx) -> _Shared:
+    cos, sin = _rope_tables(b, ctx.loaded, ctx.geo)
+    with b.scope("mask"):
+        key_mask = b.op("Cast", ["attention_mask"], to=TensorProto.BOOL)
+        key_mask = b.op("Unsqueeze", [key_mask, b.const([1, 2, 3])], label="key_mask")
+        s = b.dim("inputs_embeds", 1)
+        t = b.dim("attention_mask", 1)
+        qpos = b.op("Range", [b.scalar(b.op("Sub", [t, s])), b.scalar(t), b.const(1)], label="query_positions")
+        causal = att.causal_allowed(b, qpos, t, key_mask)
+    with b.scope("visual_span"):
+        start = b.slice("visual_span", b.const([0]), b.const([1]), 0)
+        end = b.op("Add", [start, b.slice("visual_span", b.const([1]), b.const([2]), 0)], label="end")
+    return _Shared(cos, sin, key_mask, causal, (start, end))
+
+
+def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dtype: str = "fp32",
+                  opset: int = 18) -> onnx.ModelProto:
+    """The decoder ModelProto (weights inline; the writer moves them to external data)."""
+    geo = geometry(loaded)
+    b = GraphBuilder("decoder", dtype)
+    ctx = _Ctx(loaded, plan, geo, attention_mode)
+    ctx.shared = _shared(b, ctx)
+    x32 = b.cast("inputs_embeds", "fp32")
+    for i in range(geo.num_layers):
+        x32 = _layer(b, ctx, i, x32)
+    lm = ctx.family.language_model(loaded.model)
+    with b.scope("final"):
+        last = b.slice(x32, b.const([-1]), b.const([2**62]), 1)
+        h = rms_norm(b, last, _np(lm.norm.weight), _eps(lm.norm), "norm.weight")
+        head = _np(ctx.family.lm_head(loaded.model).weight).T.astype(b.np_float)
+        logits = b.cast(b.op("MatMul", [h, b.weight("lm_head.weight_t", head)], label="lm_head"), "fp32")
+        b.output(logits, "logits")
+    ins, outs = _io(geo, b.onnx_float)
+    graph = helper.make_graph(b.nodes, "rlens_decoder", ins, outs, b.initializers)
+    functions = []
+    if attention_mode == "plugin" and any(lp.hollow_window is not None for lp in plan.layers):
+        from rlens.export.plugin import hollow_function
+
+        functions.append(hollow_function(dtype, opset))
+    return finish_model(graph, opset, functions)
+
+
+def finish_model(graph: onnx.GraphProto, opset: int, functions: list | None = None) -> onnx.ModelProto:
+    imports = [helper.make_opsetid("", opset)]
+    if functions:
+        imports.append(helper.make_opsetid(HOLLOW_ATTENTION.onnx_domain, 1))
+    model = helper.make_model(graph, opset_imports=imports, functions=functions or [],
+                              producer_name="rlens", producer_version="1")
+    model.ir_version = 9 if opset <= 20 else 10
+    return model

@@ -1,0 +1,138 @@
+"""A small deterministic ONNX graph builder with hierarchical node names.
+
+Every node gets a name from the current scope stack (``/decoder/layers.3/attn/MatMul``), its
+outputs are named after the node, and constants are de-duplicated by value, so building the
+same model twice gives byte-identical protobufs. :class:`FunctionBuilder` emits the same ops
+into an ONNX local function body, where constants must be ``Constant`` nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FLOAT_TYPES = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
+NP_FLOAT = {"fp32": np.float32, "fp16": np.float16}
+
+
+class GraphBuilder:
+    """Collects nodes and initializers; ``op`` returns the output name(s) of the node it adds."""
+
+    def __init__(self, root: str, dtype: str = "fp32") -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.dtype = dtype
+        self.onnx_float = FLOAT_TYPES[dtype]
+        self.np_float = NP_FLOAT[dtype]
+        self._scope: list[str] = [root]
+        self._used: set[str] = set()
+        self._consts: dict[tuple, str] = {}
+
+    # ---- naming ------------------------------------------------------------------------------
+    @contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        self._scope.append(name)
+        try:
+            yield
+        finally:
+            self._scope.pop()
+
+    def _unique(self, base: str) -> str:
+        name, i = base, 0
+        while name in self._used:
+            i += 1
+            name = f"{base}_{i}"
+        self._used.add(name)
+        return name
+
+    def node_name(self, label: str) -> str:
+        return self._unique("/" + "/".join(self._scope) + "/" + label)
+
+    # ---- nodes -------------------------------------------------------------------------------
+    def op(self, op_type: str, inputs: Sequence[str], n_out: int = 1, label: str | None = None,
+           domain: str = "", **attrs: Any) -> Any:
+        name = self.node_name(label or op_type)
+        outs = [f"{name}/output_{i}" for i in range(n_out)]
+        node = helper.make_node(op_type, list(inputs), outs, name=name, domain=domain or None, **attrs)
+        self.nodes.append(node)
+        return outs[0] if n_out == 1 else outs
+
+    def output(self, x: str, name: str) -> str:
+        """Route ``x`` to a graph output called ``name`` (an Identity node)."""
+        node = helper.make_node("Identity", [x], [name], name=self.node_name(name))
+        self.nodes.append(node)
+        return name
+
+    def cast(self, x: str, to: str) -> str:
+        """Cast between the graph's float type and fp32 (a no-op when they agree)."""
+        if self.dtype == "fp32":
+            return x
+        return self.op("Cast", [x], to=TensorProto.FLOAT if to == "fp32" else self.onnx_float)
+
+    # ---- constants and weights ---------------------------------------------------------------
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, hashlib.sha256(arr.tobytes()).hexdigest())
+        if key not in self._consts:
+            self._consts[key] = self._make_const(arr)
+        return self._consts[key]
+
+    def fconst(self, value: Any) -> str:
+        """A constant of the graph's float type."""
+        return self.const(value, self.np_float)
+
+    def _make_const(self, arr: np.ndarray) -> str:
+        name = self._unique(f"const_{len(self._consts)}")
+        self.initializers.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        name = self._unique(name)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    # ---- helpers for common patterns ---------------------------------------------------------
+    def dim(self, tensor: str, axis: int) -> str:
+        """Scalar-shaped [1] int64 size of ``tensor`` along ``axis``."""
+        if axis < 0:
+            raise ValueError("dim() takes a non-negative axis")
+        return self.op("Shape", [tensor], start=axis, end=axis + 1)
+
+    def scalar(self, tensor_1: str) -> str:
+        return self.op("Squeeze", [tensor_1, self.const([0])])
+
+    def vec(self, *scalars: str) -> str:
+        """Concatenate [1]-shaped int64 tensors into a shape vector."""
+        return self.op("Concat", list(scalars), axis=0)
+
+    def reshape(self, x: str, shape: str) -> str:
+        return self.op("Reshape", [x, shape], allowzero=1)
+
+    def slice(self, x: str, start: str, end: str, axis: int) -> str:
+        return self.op("Slice", [x, start, end, self.const([axis])])
+
+
+class FunctionBuilder(GraphBuilder):
+    """Builds an ONNX local function body: constants become ``Constant`` nodes."""
+
+    def __init__(self, root: str, dtype: str = "fp32") -> None:
+        super().__init__(root, dtype)
+
+    def _make_const(self, arr: np.ndarray) -> str:
+        return self.op("Constant", [], label="Constant", value=numpy_helper.from_array(arr))
+
+    def attr_const(self, attr: str, kind: int, label: str) -> str:
+        """A ``Constant`` whose value is the function attribute ``attr`` (scalar)."""
+        name = self.node_name(label)
+        field = {onnx.AttributeProto.INT: "value_int", onnx.AttributeProto.FLOAT: "value_float"}[kind]
+        node = helper.make_node("Constant", [], [f"{name}/output_0"], name=name)
+        node.attribute.append(helper.make_attribute_ref(field, kind))
+        node.attribute[-1].ref_attr_name = attr
+        self.nodes.append(node)
+        return f"{name}/output_0"
