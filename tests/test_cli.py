@@ -65,3 +65,23 @@ def test_unsupported_directory(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "whisper", "architectures": ["WhisperModel"]}))
     r = _rlens("inspect", str(tmp_path))
     assert r.returncode == 2 and "unsupported architecture WhisperModel" in r.stderr
+
+
+def test_export_writes_a_verified_bundle_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "bundle"
+    r = _rlens("export", "tiny-llava", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verification"]["max_abs_diff"]["decoder"] < 1e-4
+    again = _rlens("export", "tiny-llava", "--out", str(out))
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_export_with_plan_for_another_model_fails_cleanly(tmp_path):
+    from rlens.models import load_model
+    from rlens.plan import LayerPlan, Plan
+
+    info = load_model("tiny-llava").info()
+    Plan(model=info, layers=(LayerPlan(1, hollow_window=4),)).save(tmp_path / "plan.json")
+    r = _rlens("export", "tiny-internvl", "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "b"))
+    assert r.returncode == 2 and not (tmp_path / "b").exists()

@@ -10,9 +10,6 @@ import sys
 from rlens import __version__
 from rlens.errors import RlensError
 
-_COMMANDS = ("inspect",)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlens",
@@ -20,9 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from rlens.cli import inspect_cmd
+    from rlens.cli import export_cmd, inspect_cmd
 
     inspect_cmd.add_parser(sub)
+    export_cmd.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,73 @@
+"""``rlens export``: model + plan -> bundle/ (ONNX), verified against the PyTorch reference."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_export_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``rlens export`` and ``rlens-export``."""
+    p.add_argument("--attention", choices=("portable", "plugin"), default="portable",
+                   help="hollow layers as standard ONNX ops (portable, default) or HollowAttention plugin nodes "
+                        "with an ONNX function body (plugin)")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+                   help="graph precision; fp16 keeps norms, softmax and residual sums in fp32 (default fp32)")
+    p.add_argument("--ffn-mode", choices=("static", "dynamic"), default=None,
+                   help="override the plan's FFN mode (static needs the plan's calibrated ffn_indices)")
+    p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset, 18..21 (default 18)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the ONNX Runtime vs PyTorch check at export (on by default; fails the export "
+                        "and leaves nothing when the max abs diff exceeds the tolerance)")
+    p.add_argument("--tolerance", type=float, default=None, metavar="T",
+                   help="max abs diff allowed at verification (default 1e-4 fp32, 5e-2 fp16)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow custom model code from a local directory (off by default)")
+
+
+def export_config(args: argparse.Namespace):
+    from rlens.export import ExportConfig
+
+    return ExportConfig(attention=args.attention, dtype=args.dtype, ffn_mode=args.ffn_mode, opset=args.opset,
+                        verify=not args.no_verify, tolerance=args.tolerance, overwrite=args.overwrite)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export a bundle (vision, embeddings, decoder ONNX) under a plan",
+        description="Export MODEL to an rlens bundle (DESIGN §5): vision.onnx, embed_tokens.onnx, decoder.onnx "
+                    "with KV cache and the plan's reductions, processor files and manifest.json. Written to a "
+                    "temporary folder beside --out and renamed into place only after verification.")
+    p.add_argument("model", metavar="MODEL", help="preset name (e.g. tiny-qwen2-vl) or save_pretrained directory")
+    p.add_argument("--plan", metavar="P", help="plan.json to apply (omit to export the unreduced model)")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to create")
+    add_export_flags(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlens.models import load_model
+    from rlens.plan import empty_plan, load_plan
+
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    config = export_config(args)
+    info = loaded.info()
+    plan = load_plan(args.plan, info) if args.plan else empty_plan(info)
+    return write_bundle(loaded, plan, args.out, config)
+
+
+def write_bundle(loaded, plan, out, config) -> int:
+    import json
+    import time
+
+    from rlens.export import bundle_from_plan
+
+    t0 = time.perf_counter()
+    path = bundle_from_plan(loaded, plan, out, config)
+    manifest = json.loads((path / "manifest.json").read_text())
+    diffs = manifest.get("verification") or {}
+    print(f"rlens: wrote {path} ({plan.summary()}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if diffs:
+        print(f"rlens: verification {json.dumps(diffs, sort_keys=True)}", file=sys.stderr)
+    return 0
