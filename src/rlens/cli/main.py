@@ -17,10 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from rlens.cli import export_cmd, inspect_cmd
+    from rlens.cli import engine_cmd, export_cmd, inspect_cmd
 
     inspect_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
+    engine_cmd.add_parser(sub)
     return parser
 
 

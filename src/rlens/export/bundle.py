@@ -7,7 +7,6 @@ export leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import numpy as np
 import onnx
 
 from rlens.errors import BundleError, InputError
+from rlens.fileio import sha256_file
 from rlens.plan import Plan
 
 FORMAT = "rlens.bundle"
@@ -68,14 +68,6 @@ def effective_plan(plan: Plan, config: ExportConfig) -> Plan:
         return replace(plan, ffn_mode="static")
     layers = tuple(replace(lp, ffn_indices=None) for lp in plan.layers)
     return replace(plan, ffn_mode="dynamic", layers=layers)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None) -> list[str]:

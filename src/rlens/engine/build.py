@@ -1,0 +1,135 @@
+"""``engine_from_bundle``: strongly typed TensorRT engines for a bundle's graphs, built with
+polygraphy's loaders, written atomically to ``bundle/engines/`` and recorded in the manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlens.engine.device import Target, current_target
+from rlens.engine.prepare import onnx_for_tensorrt
+from rlens.engine.profiles import ProfileShapes, decoder_profiles, vision_profile
+from rlens.errors import BundleError, InputError, RlensError
+
+
+class TensorRTUnavailable(RlensError):
+    """TensorRT (or polygraphy) is not importable here."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    plugin_lib: str | None = None  # default: rlens.plugins.library_path()
+    max_visual_tokens: int = 1024
+    max_seq: int = 2048
+    timing_cache: str | None = None
+    workspace_mb: int = 2048
+    graphs: tuple[str, ...] = ("embed_tokens", "vision", "decoder")
+
+    def __post_init__(self) -> None:
+        if self.workspace_mb < 16:
+            raise InputError(f"--workspace must be at least 16 MB, got {self.workspace_mb}")
+        if not 0 < self.max_visual_tokens < self.max_seq:
+            raise InputError(f"need 0 < --max-visual-tokens ({self.max_visual_tokens}) < --max-seq ({self.max_seq})")
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt  # noqa: F401
+        import polygraphy.backend.trt  # noqa: F401
+    except ImportError as e:
+        raise TensorRTUnavailable(
+            f"TensorRT is not importable ({e}); install it on the target: pip install 'rlens[tensorrt]' "
+            "on x86, JetPack's python3-libnvinfer on Jetson (docs/jetson.md)") from None
+    return trt
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    path = bundle / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BundleError(f"{bundle} is not an rlens bundle ({path.name}: {e})") from None
+    if manifest.get("format") != "rlens.bundle" or manifest.get("version") != 1:
+        raise BundleError(f"{path} is not an rlens bundle v1 manifest")
+    return manifest
+
+
+def engine_from_bundle(bundle: str | os.PathLike[str], config: EngineConfig) -> dict[str, Any]:
+    """Build every graph's engine; return the manifest's new ``engines`` record."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    trt = import_tensorrt()
+    if manifest.get("attention") == "plugin":
+        _load_plugin(trt, config.plugin_lib)
+    target = current_target()
+    profiles = _profiles(manifest, config)
+    records = {}
+    with tempfile.TemporaryDirectory(dir=bundle, prefix=".engines.tmp-") as tmp:
+        for graph in config.graphs:
+            if graph not in manifest["graphs"]:
+                continue
+            src = bundle / manifest["graphs"][graph]["files"][0]
+            prepared = Path(tmp) / f"{graph}.onnx"
+            onnx_for_tensorrt(src, prepared)
+            engine_path = Path(tmp) / f"{graph}.plan"
+            _build_one(trt, prepared, profiles[graph], engine_path, config)
+            records[graph] = {"file": f"engines/{graph}.plan", "profiles": [p.name for p in profiles[graph]],
+                              **target.to_json()}
+            print(f"rlens: built engine {graph} ({engine_path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+        _commit(bundle, Path(tmp), manifest, records, target)
+    return records
+
+
+def _profiles(manifest: dict[str, Any], config: EngineConfig) -> dict[str, list[ProfileShapes]]:
+    embed_io = manifest["graphs"]["embed_tokens"]["inputs"][0]
+    embed = ProfileShapes("embed", {embed_io["name"]: ((1, 1), (1, config.max_visual_tokens + 64), (1, config.max_seq))})
+    out = {"decoder": decoder_profiles(manifest, config.max_seq, config.max_visual_tokens), "embed_tokens": [embed]}
+    if "vision" in manifest["graphs"]:
+        out["vision"] = [vision_profile(manifest)]
+    return out
+
+
+def _load_plugin(trt: Any, plugin_lib: str | None) -> None:
+    from rlens import plugins
+
+    path = Path(plugin_lib) if plugin_lib else plugins.library_path()
+    if not path.is_file():
+        raise BundleError(f"plugin library {path} not found; build it: {plugins.BUILD_COMMAND}")
+    trt.get_plugin_registry().load_library(str(path))
+
+
+def _build_one(trt: Any, onnx_path: Path, profiles: list[ProfileShapes], out: Path, config: EngineConfig) -> None:
+    from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path, save_engine
+
+    network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
+    trt_profiles = []
+    for p in profiles:
+        prof = Profile()
+        for name, (lo, opt, hi) in p.shapes.items():
+            prof.add(name, min=lo, opt=opt, max=hi)
+        trt_profiles.append(prof)
+    create = CreateConfig(
+        profiles=trt_profiles,
+        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: config.workspace_mb << 20},
+        load_timing_cache=config.timing_cache if config.timing_cache and Path(config.timing_cache).is_file() else None,
+    )
+    engine = engine_from_network(network, config=create, save_timing_cache=config.timing_cache)
+    save_engine(engine, str(out))
+
+
+def _commit(bundle: Path, tmp: Path, manifest: dict[str, Any], records: dict[str, Any], target: Target) -> None:
+    """Move the engines into bundle/engines/ and rewrite the manifest atomically."""
+    from rlens.fileio import sha256_file, write_json_atomic
+
+    engines = bundle / "engines"
+    engines.mkdir(exist_ok=True)
+    for graph in records:
+        os.replace(tmp / f"{graph}.plan", engines / f"{graph}.plan")
+        manifest.setdefault("files", {})[f"engines/{graph}.plan"] = sha256_file(engines / f"{graph}.plan")
+    manifest["engines"] = records
+    write_json_atomic(bundle / "manifest.json", manifest)

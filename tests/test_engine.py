@@ -1,0 +1,129 @@
+"""build-engine: the CPU-checkable parts (ONNX preparation, profiles, target checks, errors) and the
+GPU tests (engine build, plugin vs ONNX Runtime), which skip with a reason without TensorRT + GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from rlens.engine.device import Target, check_engine_record
+from rlens.engine.prepare import onnx_for_tensorrt
+from rlens.engine.profiles import decoder_profiles, vision_profile
+from rlens.errors import BundleError, InputError
+from rlens.plugins.spec import HOLLOW_ATTENTION
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def plugin_bundle(tmp_path_factory):
+    from rlens.export import ExportConfig, bundle_from_plan
+    from rlens.models import load_model
+    from rlens.plan import LayerPlan, Plan
+
+    loaded = load_model("tiny-qwen2-vl")
+    plan = Plan(model=loaded.info(), layers=(LayerPlan(1, hollow_window=4), LayerPlan(3, hollow_window=4)))
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    return bundle_from_plan(loaded, plan, out, ExportConfig(attention="plugin", verify=False))
+
+
+def test_plugin_function_is_stripped_and_nodes_kept(plugin_bundle, tmp_path):
+    count = onnx_for_tensorrt(plugin_bundle / "decoder.onnx", tmp_path / "decoder.onnx")
+    assert count == 2
+    model = onnx.load(str(tmp_path / "decoder.onnx"))
+    assert not any(f.name == HOLLOW_ATTENTION.name for f in model.functions)
+    nodes = [n for n in model.graph.node if n.op_type == HOLLOW_ATTENTION.name]
+    assert len(nodes) == 2 and all(n.domain == HOLLOW_ATTENTION.onnx_domain for n in nodes)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    assert attrs["plugin_namespace"] == b"rlens" and attrs["plugin_version"] == b"1" and attrs["window"] == 4
+    original = onnx.load(str(plugin_bundle / "decoder.onnx"))
+    assert any(f.name == HOLLOW_ATTENTION.name for f in original.functions), "the bundle itself keeps the body"
+
+
+def test_decoder_profiles_cover_every_input(plugin_bundle):
+    manifest = json.loads((plugin_bundle / "manifest.json").read_text())
+    prefill, decode = decoder_profiles(manifest, max_seq=512, max_visual=256)
+    names = {io["name"] for io in manifest["graphs"]["decoder"]["inputs"]}
+    assert set(prefill.shapes) == names == set(decode.shapes)
+    assert prefill.shapes["past_key_values.0.key"][2][2] == 0  # prefill: no past
+    assert prefill.shapes["position_ids"][2] == (3, 1, 512)  # M-RoPE rows
+    assert decode.shapes["inputs_embeds"][2][1] == 1 and decode.shapes["past_key_values.0.key"][2][2] == 511
+    assert decode.shapes["attention_mask"][2] == (1, 512)
+    assert vision_profile(manifest).shapes["pixel_values"][0] == (64, 1176)
+    with pytest.raises(InputError):
+        decoder_profiles(manifest, max_seq=100, max_visual=100)
+
+
+def test_engine_for_another_gpu_or_version_is_refused():
+    here = Target("NVIDIA Jetson AGX Orin", "8.7", "10.3.0.30")
+    check_engine_record(here.to_json(), here, "decoder")
+    with pytest.raises(BundleError, match="built with TensorRT 10.16.0.1"):
+        check_engine_record(dict(here.to_json(), tensorrt="10.16.0.1"), here, "decoder")
+    with pytest.raises(BundleError, match="built for NVIDIA H100"):
+        check_engine_record(dict(here.to_json(), gpu="NVIDIA H100", compute_capability="9.0"), here, "decoder")
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed: the missing-TensorRT message is not reachable")
+def test_build_engine_without_tensorrt_is_one_clear_error(plugin_bundle):
+    r = subprocess.run([sys.executable, "-m", "rlens.cli.main", "build-engine", str(plugin_bundle)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "TensorRT is not importable" in r.stderr and "Traceback" not in r.stderr
+    assert not (plugin_bundle / "engines").exists()
+
+
+needs_trt_gpu = pytest.mark.skipif(not (HAVE_TRT and _has_gpu()),
+                                   reason="needs TensorRT and a CUDA GPU (none in this workplace)")
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_trt_gpu
+@pytest.mark.parametrize("attention", ["portable", "plugin"])
+def test_decoder_engine_matches_onnxruntime(tmp_path, attention):
+    """Build the decoder engine (plugin from build/plugins) and compare a prefill with ONNX Runtime:
+    fp32 within 1e-4."""
+    import onnxruntime as ort
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    from rlens.engine import EngineConfig, engine_from_bundle
+    from rlens.export import ExportConfig, bundle_from_plan
+    from rlens.models import load_model
+    from rlens.plan import LayerPlan, Plan
+
+    loaded = load_model("tiny-llava")
+    plan = Plan(model=loaded.info(), layers=(LayerPlan(2, hollow_window=4),))
+    bundle = bundle_from_plan(loaded, plan, tmp_path / "b", ExportConfig(attention=attention))
+    engine_from_bundle(bundle, EngineConfig(max_visual_tokens=32, max_seq=128, graphs=("decoder",)))
+    feeds = _prefill_feeds(json.loads((bundle / "manifest.json").read_text()), seq=40, span=(6, 16))
+    want = ort.InferenceSession(str(bundle / "decoder.onnx")).run(["logits"], feeds)[0]
+    with TrtRunner(EngineFromBytes((bundle / "engines" / "decoder.plan").read_bytes())) as runner:
+        got = runner.infer(feeds)["logits"]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def _prefill_feeds(manifest, seq, span):
+    m = manifest["model"]
+    rng = np.random.default_rng(0)
+    feeds = {"inputs_embeds": rng.standard_normal((1, seq, m["hidden_size"]), dtype=np.float32),
+             "attention_mask": np.ones((1, seq), np.int64),
+             "position_ids": np.arange(seq, dtype=np.int64)[None],
+             "visual_span": np.asarray(span, np.int64)}
+    for i in range(m["num_layers"]):
+        for kind in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, m["num_kv_heads"], 0, m["head_dim"]), np.float32)
+    return feeds
