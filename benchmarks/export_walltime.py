@@ -31,7 +31,7 @@ def build_loaded():
     base = get_preset("tiny-qwen2-vl")
     text = dict(base.config["text_config"], hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                 num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]})
     vision = dict(base.config["vision_config"], hidden_size=896)
     preset = replace(base, name="qwen2-0.5b-shaped", config=dict(base.config, text_config=text, vision_config=vision))
     cfg = transformers.Qwen2VLConfig(**preset.config)

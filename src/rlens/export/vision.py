@@ -9,7 +9,9 @@ the bundle's processor resizes every image to one fixed size, docs/bundle.md).
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import warnings
 from typing import Any
 
@@ -77,9 +79,10 @@ def _trace(loaded: Any, inputs: dict[str, np.ndarray], opset: int, dynamo: bool)
     mod = _ImageFeatures.module(loaded.model, keys)
     args = tuple(torch.from_numpy(v) for v in inputs.values())
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    # torch.onnx's dynamo path prints progress on stdout: keep rlens' stdout for its own output.
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
         warnings.simplefilter("ignore")
-        kw = {"dynamo": True} if dynamo else {"dynamo": False, "opset_version": opset}
+        kw = {"dynamo": True, "verbose": False} if dynamo else {"dynamo": False, "opset_version": opset}
         out = torch.onnx.export(mod, args, buf if not dynamo else None, input_names=keys,
                                 output_names=["image_features"], **kw)
     if dynamo:
@@ -88,6 +91,18 @@ def _trace(loaded: Any, inputs: dict[str, np.ndarray], opset: int, dynamo: bool)
         model = onnx.load_from_string(buf.getvalue())
     model.producer_name, model.producer_version = "rlens", "1"
     return model
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Any:
+    """Raise a logger's level inside the block only (restored after)."""
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def _check_runs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:

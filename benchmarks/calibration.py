@@ -1,0 +1,179 @@
+"""Calibration cost: fast vs greedy ranking on a Qwen2-0.5B-shaped random model.
+
+Runs the language model alone on random input embeddings with a fixed visual span (a 0.5B vision
+tower is not what is measured), through the same code as ``rlens calibrate``. Prints a table and
+writes JSON: wall time of each ranking, the layer evaluations each ran, greedy's cost against
+naive greedy (L(L+1)/2 candidate evaluations x L layers), Kendall tau between the two orders, and
+the divergence each reaches at proportion 0.5.
+
+    PYTHONPATH=src python benchmarks/calibration.py                 # the full shape (GPU advised)
+    PYTHONPATH=src python benchmarks/calibration.py --samples 1 --visual-tokens 128 \
+        --text-tokens 32 --window 32   # a CPU-sized run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from rlens.calibrate import CalibrationConfig, Encoded, plan_from_encoded  # noqa: E402
+from rlens.families import family_for_config  # noqa: E402
+from rlens.models import model_info  # noqa: E402
+
+
+def build_model(args: argparse.Namespace):
+    import transformers
+
+    half = args.hidden // 14 // 2  # rotary half-width; M-RoPE splits it t/h/w as Qwen2-VL (16, 24, 24 of 64)
+    t = half // 4
+    section = [t, (half - t) // 2, half - t - (half - t) // 2]
+    text = dict(hidden_size=args.hidden, intermediate_size=args.ffn, num_hidden_layers=args.layers,
+                num_attention_heads=14, num_key_value_heads=2, vocab_size=args.vocab, hidden_act="silu",
+                max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": section})
+    vision = dict(depth=1, embed_dim=32, hidden_size=args.hidden, num_heads=2, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2)
+    cfg = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=151655,
+                                     video_token_id=151656, tie_word_embeddings=True)
+    cfg.architectures = ["Qwen2VLForConditionalGeneration"]
+    torch.manual_seed(args.seed)
+    with torch.device(args.device):
+        model = transformers.Qwen2VLForConditionalGeneration(cfg)
+        for name, p in model.named_parameters():  # as the tiny presets: layers that matter
+            if p.dim() >= 2 and "embed" not in name:
+                p.data.normal_(0.0, 0.8 / p.shape[-1] ** 0.5)
+    return model.eval()
+
+
+def samples(args: argparse.Namespace) -> list[Encoded]:
+    """Random embeddings: ``text_before`` text, a visual span, then text; visual rows drawn from
+    another distribution than text rows, as projected image features are."""
+    g = torch.Generator().manual_seed(args.seed + 1)
+    before = 16
+    after = args.text_tokens - before
+    out = []
+    for i in range(args.samples):
+        text = torch.randn(1, before + after, args.hidden, generator=g)
+        offset = torch.randn(args.hidden, generator=g)
+        visual = 2.0 * torch.randn(1, args.visual_tokens, args.hidden, generator=g) + offset
+        x = torch.cat([text[:, :before], visual, text[:, before:]], dim=1).to(args.device)
+        n = x.shape[1]
+        span = (before, args.visual_tokens)
+        out.append(Encoded({"inputs_embeds": x}, span, tuple(range(before + args.visual_tokens, n)), n,
+                           entry="language_model", source=f"random:{i}"))
+    return out
+
+
+RUNS = (("fast", "fast", None), ("greedy", "greedy", None), ("greedy_plan", "greedy", "plan"))
+
+
+def kendall_tau(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    """Kendall's tau between two orders of the same items (no ties)."""
+    pa, pb = {v: i for i, v in enumerate(a)}, {v: i for i, v in enumerate(b)}
+    items = list(a)
+    c = d = 0
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            s = (pa[items[i]] - pa[items[j]]) * (pb[items[i]] - pb[items[j]])
+            c, d = c + (s > 0), d + (s < 0)
+    return (c - d) / max(c + d, 1)
+
+
+def run(args: argparse.Namespace) -> dict:
+    model = build_model(args)
+    fam = family_for_config(model.config)
+    info = model_info(model, fam)
+    enc = samples(args)
+    L = args.layers
+    rows = {}
+    for key, method, rounds in RUNS:
+        cfg = CalibrationConfig(ranking=method, proportion=0.5, window=args.window, batch_size=args.samples,
+                                progress=not args.quiet, greedy_rounds=rounds)
+        t0 = time.perf_counter()
+        plan, rep = plan_from_encoded(model, fam, info, enc, cfg, origin="random embeddings")
+        wall = time.perf_counter() - t0
+        r = rep.rankings["both"]
+        rows[key] = {
+            "wall_s": round(wall, 2), "capture_s": round(rep.capture_seconds, 2),
+            "ranking_s": round(r.seconds, 2),
+            "layer_evaluations": r.layer_evals, "full_pass_equivalents": round(r.layer_evals / L, 2),
+            "divergence_at_0.5": rep.plan_divergence, "order": list(r.order),
+            "flops_ratio_at_0.5": rep.flops_ratio,
+        }
+    naive = L * L * (L + 1) // 2
+    return {
+        "setup": {"model": "Qwen2-0.5B-shaped random Qwen2-VL language model (no vision tower: random input "
+                           "embeddings with a fixed visual span)",
+                  "hidden": args.hidden, "layers": L, "ffn": args.ffn, "heads": "14 query / 2 KV",
+                  "vocab": args.vocab,
+                  "visual_tokens": args.visual_tokens, "text_tokens": args.text_tokens,
+                  "samples": args.samples,
+                  "window": args.window,
+                  "device": str(args.device), "threads": torch.get_num_threads(),
+                  "machine": platform.machine(),
+                  "torch": torch.__version__},
+        **rows,
+        "kendall_tau": kendall_tau(tuple(rows["fast"]["order"]), tuple(rows["greedy"]["order"])),
+        "naive_greedy_layer_evaluations": naive,
+        "greedy_vs_naive": rows["greedy"]["layer_evaluations"] / naive,
+        "greedy_plan_vs_naive": rows["greedy_plan"]["layer_evaluations"] / naive,
+        "greedy_plan_same_plan": sorted(rows["greedy_plan"]["order"][:round(L / 2)])
+        == sorted(rows["greedy"]["order"][:round(L / 2)]),
+    }
+
+
+def table(res: dict) -> str:
+    s = res["setup"]
+    L = s["layers"]
+    lines = [f"{s['model']}", f"L={s['layers']} d={s['hidden']} m={s['ffn']} vocab={s['vocab']}, "
+             f"{s['samples']} samples x ({s['visual_tokens']} visual + {s['text_tokens']} text tokens), "
+             f"window {s['window']}, "
+             f"{s['device']} ({s['threads']} threads)", "",
+             f"{'ranking':12} {'wall s':>8} {'rank s':>8} {'layer evals':>12} {'full passes':>12} "
+             f"{'KL @ p=0.5':>12}"]
+    for m, _, _ in RUNS:
+        r = res[m]
+        lines.append(f"{m:12} {r['wall_s']:8.1f} {r['ranking_s']:8.1f} {r['layer_evaluations']:12d} "
+                     f"{r['full_pass_equivalents']:12.1f} {r['divergence_at_0.5']:12.4g}")
+    lines += ["", f"Kendall tau(fast, greedy) = {res['kendall_tau']:.3f}",
+              f"greedy: {res['greedy']['layer_evaluations']} layer evaluations vs "
+              f"{res['naive_greedy_layer_evaluations']} "
+              f"for naive greedy (L(L+1)/2 full passes): ratio {res['greedy_vs_naive']:.3f}",
+              f"greedy stopped after the plan's {round(L / 2)} rounds (greedy_rounds='plan'): ratio "
+              f"{res['greedy_plan_vs_naive']:.3f}, same plan as full greedy: {res['greedy_plan_same_plan']}",
+              f"FLOPs ratio at p=0.5: {res['greedy']['flops_ratio_at_0.5']:.4f}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=24)
+    ap.add_argument("--hidden", type=int, default=896)
+    ap.add_argument("--ffn", type=int, default=4864)
+    ap.add_argument("--vocab", type=int, default=151936)
+    ap.add_argument("--visual-tokens", type=int, default=1024)
+    ap.add_argument("--text-tokens", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--window", type=int, default=256, help="hollow attention window")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, default=Path("calibration-benchmark.json"))
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    res = run(args)
+    print(table(res))
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():
+        main()
