@@ -1,0 +1,76 @@
+"""The typed configuration of the calibrate stage (DESIGN §3.3): one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlens.errors import InputError
+
+RANKINGS = ("greedy", "fast", "stats")
+FFN_MODES = ("static", "dynamic")
+DEFAULT_PROPORTION = 0.5
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """Everything ``rlens calibrate`` takes besides the model and the data.
+
+    ``budget`` (target prefill FLOPs ratio) and ``proportion`` (share of layers reduced) are
+    exclusive; with neither, half of the layers are reduced (the paper's operating point).
+    """
+
+    ranking: str = "greedy"
+    ffn_mode: str = "static"
+    window: int = 256
+    ffn_keep: float = 0.2
+    probes: int = 64
+    budget: float | None = None
+    proportion: float | None = None
+    #: rank hollow attention and the FFN reduction separately (two orders) instead of together.
+    separate: bool = False
+    max_samples: int | None = None
+    seed: int = 0
+    #: token counts for the FLOPs ratio; default: the calibration set's means.
+    visual_tokens: int | None = None
+    text_tokens: int | None = None
+    #: samples of equal shape run together in batches of at most this many.
+    batch_size: int = 8
+    #: where the per-layer hidden-state cache lives ("cpu" to spare accelerator memory);
+    #: default: where the decoder runs.
+    cache_device: str | None = None
+    progress: bool = True
+    #: greedy only: stop after this many rounds (the rest of the order follows fast's); "plan":
+    #: as many as the plan reduces (same plan as the full greedy, cheaper); None: all L rounds.
+    greedy_rounds: int | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ranking not in RANKINGS:
+            raise InputError(f"--ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
+        if self.ffn_mode not in FFN_MODES:
+            raise InputError(f"--ffn-mode must be one of {', '.join(FFN_MODES)}, got {self.ffn_mode!r}")
+        if self.budget is not None and self.proportion is not None:
+            raise InputError("give either --budget or --proportion, not both")
+        if self.budget is not None and not 0.0 < self.budget <= 1.0:
+            raise InputError(f"--budget is a FLOPs ratio in (0, 1], got {self.budget}")
+        if self.proportion is not None and not 0.0 <= self.proportion <= 1.0:
+            raise InputError(f"--proportion must be in [0, 1], got {self.proportion}")
+        if not 0.0 < self.ffn_keep <= 1.0:
+            raise InputError(f"--ffn-keep must be in (0, 1], got {self.ffn_keep}")
+        for name in ("window", "probes", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise InputError(f"--max-samples must be at least 1, got {self.max_samples}")
+        if self.greedy_rounds is not None and self.greedy_rounds != "plan" and (
+                not isinstance(self.greedy_rounds, int) or self.greedy_rounds < 1):
+            raise InputError(
+                f"--greedy-rounds must be a positive integer or 'plan', got {self.greedy_rounds!r}")
+        for name in ("visual_tokens", "text_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The rankings to run: one joint ranking, or one per reduction."""
+        return ("attention", "ffn") if self.separate else ("both",)
