@@ -85,3 +85,38 @@ def test_export_with_plan_for_another_model_fails_cleanly(tmp_path):
     Plan(model=info, layers=(LayerPlan(1, hollow_window=4),)).save(tmp_path / "plan.json")
     r = _rlens("export", "tiny-internvl", "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "b"))
     assert r.returncode == 2 and not (tmp_path / "b").exists()
+
+
+def test_calibrate_writes_a_valid_plan_and_report(tmp_path):
+    from rlens.models import load_model
+    from rlens.plan import load_plan
+
+    out = tmp_path / "plans" / "plan.json"
+    r = _rlens("calibrate", "tiny-internvl", "--out", str(out), "--ranking", "fast", "--max-samples", "2",
+               "--window", "4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = load_plan(out, load_model("tiny-internvl").info())
+    assert len(plan.layers) == 2 and plan.ranking.method == "fast"
+    assert (tmp_path / "plans" / "plan.report.png").stat().st_size > 1000
+
+
+def test_calibrate_bad_data_names_the_line_and_writes_nothing(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"image": "missing.png", "prompt": "hi"}\n')
+    out = tmp_path / "plan.json"
+    r = _rlens("calibrate", "tiny-llava", "--data", str(data), "--out", str(out))
+    assert r.returncode == 2 and "data.jsonl:1: image" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() and not (tmp_path / "plan.report.png").exists()
+
+
+def test_one_step_export_calibrates_and_exports(tmp_path):
+    r = subprocess.run([sys.executable, "-c", "import sys; from rlens.cli.main import export_main; "
+                        "sys.exit(export_main(sys.argv[1:]))", "tiny-llava", str(tmp_path / "b"),
+                        "--ranking", "fast", "--max-samples", "2", "--window", "4"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = json.loads((tmp_path / "b" / "plan.json").read_text())
+    assert plan["ranking"]["method"] == "fast" and len(plan["layers"]) == 2
+    bad = subprocess.run([sys.executable, "-c", "import sys; from rlens.cli.main import export_main; "
+                          "sys.exit(export_main(sys.argv[1:]))", "tiny-llava", str(tmp_path / "c"), "--budget", "0.01"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "budget" in bad.stderr and not (tmp_path / "c").exists()

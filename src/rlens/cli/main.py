@@ -17,9 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from rlens.cli import engine_cmd, export_cmd, inspect_cmd
+    from rlens.cli import calibrate_cmd, engine_cmd, export_cmd, inspect_cmd
 
     inspect_cmd.add_parser(sub)
+    calibrate_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
     engine_cmd.add_parser(sub)
     return parser
@@ -44,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def export_main(argv: list[str] | None = None) -> int:
     """``rlens-export``: calibrate + export (+ build-engine) as one build step."""
-    print("rlens-export: error: export is not available in this version yet", file=sys.stderr)
-    return 2
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from rlens.cli import one_step
+
+    return _run(one_step.build_parser(), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

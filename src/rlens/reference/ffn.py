@@ -72,11 +72,10 @@ class ProbeFFN(nn.Module):
         xv = x[:, start:start + length]
         h = self.hidden(xv)
         kept = self.select(h)  # [B, K]
-        w = self.down.weight  # [H, m]
-        rows = []
-        for bi in range(x.shape[0]):
-            idx = kept[bi]
-            rows.append(nn.functional.linear(h[bi][:, idx], w[:, idx], self.down.bias))
+        # Zero the units outside S and call the down projection module itself (so accelerate's
+        # offload hooks, which act on module calls, see every weight access). The dropped
+        # units contribute exact zeros: the result is W_down[:, S] h[S] (+ bias).
+        mask = torch.zeros_like(h).scatter_(-1, kept[:, None, :].expand(-1, h.shape[1], -1), 1.0)
         out = out.clone()
-        out[:, start:start + length] = torch.stack(rows).to(out.dtype)
+        out[:, start:start + length] = self.down(h * mask).to(out.dtype)
         return out

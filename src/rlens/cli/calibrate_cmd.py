@@ -1,0 +1,96 @@
+"""``rlens calibrate MODEL --out plan.json``: rank the layers and write the plan (+ report PNG)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _rounds(value: str) -> int | str:
+    if value == "plan":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'plan', got {value!r}") from None
+
+
+def add_calibration_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``rlens calibrate`` and ``rlens-export``."""
+    p.add_argument("--data", metavar="FILE",
+                   help='JSONL calibration set, lines {"image": path, "prompt": str, "answer": str (optional)}, '
+                        "image paths relative to the file (default: a small built-in set of generated images)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--budget", type=float, metavar="F",
+                   help="target prefill FLOPs ratio: the smallest proportion of reduced layers that meets it")
+    g.add_argument("--proportion", type=float, metavar="P",
+                   help="reduce round(P * layers) layers, most redundant first (default 0.5 when no --budget)")
+    p.add_argument("--ranking", choices=("greedy", "fast", "stats"), default="greedy",
+                   help="greedy: the paper's (add the least harmful layer each round, ~L^2/2 layer evaluations); "
+                        "fast: each layer alone (L evaluations); stats: activation statistics (one pass)")
+    p.add_argument("--ffn-keep", type=float, default=0.2, metavar="RHO",
+                   help="FFN keep ratio rho: K = min(m, ceil(rho*m/16)*16) units for visual tokens (default 0.2)")
+    p.add_argument("--window", type=int, default=256, metavar="W",
+                   help="Hollow Attention window: visual tokens each visual query sees (default 256)")
+    p.add_argument("--probes", type=int, default=64, metavar="M",
+                   help="probe tokens that pick the FFN units (default 64)")
+    p.add_argument("--separate", action="store_true",
+                   help="rank hollow attention and the FFN reduction separately (default: together)")
+    p.add_argument("--greedy-rounds", type=_rounds, default=None, metavar="N|plan",
+                   help="stop greedy after N rounds, or after the rounds the plan needs ('plan'); the rest of "
+                        "the order then follows the fast ranking (default: all rounds)")
+    p.add_argument("--max-samples", type=int, default=None, metavar="N", help="use at most N calibration samples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the built-in set and of sampling (default 0)")
+    p.add_argument("--visual-tokens", type=int, default=None, metavar="N",
+                   help="visual tokens for the FLOPs budget (default: the calibration set's mean)")
+    p.add_argument("--text-tokens", type=int, default=None, metavar="T",
+                   help="text tokens for the FLOPs budget (default: the calibration set's mean)")
+
+
+def calibration_config(args: argparse.Namespace, ffn_mode: str):
+    from rlens.calibrate import CalibrationConfig
+
+    return CalibrationConfig(
+        ranking=args.ranking, ffn_mode=ffn_mode, window=args.window, ffn_keep=args.ffn_keep, probes=args.probes,
+        budget=args.budget, proportion=args.proportion, separate=args.separate, max_samples=args.max_samples,
+        seed=args.seed, visual_tokens=args.visual_tokens, text_tokens=args.text_tokens,
+        greedy_rounds=args.greedy_rounds)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate", help="rank the decoder layers by redundancy and write plan.json",
+        description="Run MODEL on calibration samples, rank its decoder layers from most to least redundant "
+                    "(DESIGN §3.3), pick static FFN units, and write plan.json plus plan.report.png beside it.")
+    p.add_argument("model", metavar="MODEL", help="preset name (e.g. tiny-qwen2-vl) or save_pretrained directory")
+    p.add_argument("--out", required=True, metavar="PLAN", help="plan.json to write (atomically)")
+    p.add_argument("--ffn-mode", choices=("static", "dynamic"), default="static",
+                   help="static: FFN units fixed at calibration (default); dynamic: picked per input by probes")
+    add_calibration_flags(p)
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow custom model code from a local directory (off by default)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlens.models import load_model
+
+    config = calibration_config(args, args.ffn_mode)
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    plan, report = calibrate(loaded, config, args.data)
+    plan.save(args.out)
+    from rlens.calibrate import report_path_for, write_report
+
+    png = write_report(report, report_path_for(Path(args.out)))
+    print(f"rlens: wrote {args.out} ({plan.summary()}) and {png}", file=sys.stderr)
+    return 0
+
+
+def calibrate(loaded, config, data):
+    """Run calibration and print its table on stderr; writes nothing."""
+    from rlens.calibrate import format_table, plan_from_model
+
+    plan, report = plan_from_model(loaded, config, data)
+    print(format_table(report), file=sys.stderr)
+    return plan, report

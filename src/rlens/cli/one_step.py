@@ -1,0 +1,57 @@
+"""``rlens-export MODEL BUNDLE``: calibrate + export (+ build-engine with --engine) in one step."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlens.cli.calibrate_cmd import add_calibration_flags, calibration_config, calibrate
+from rlens.cli.export_cmd import add_export_flags, export_config, write_bundle
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rlens-export",
+        description="One build step: calibrate MODEL (or take --plan), export the reduced bundle to BUNDLE "
+                    "(verified against the PyTorch reference), and with --engine build its TensorRT engines.")
+    p.add_argument("model", metavar="MODEL", help="preset name (e.g. tiny-qwen2-vl) or save_pretrained directory")
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle folder to create")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--plan", metavar="P", help="use this plan.json instead of calibrating")
+    src.add_argument("--no-reduce", action="store_true", help="export the unreduced model (for comparison)")
+    add_calibration_flags(p)
+    add_export_flags(p)
+    p.add_argument("--engine", action="store_true",
+                   help="also build TensorRT engines into BUNDLE/engines (needs TensorRT and a GPU)")
+    p.add_argument("--plugin-lib", metavar="PATH", help="with --engine: librlens_trt_plugins.so for plugin mode")
+    p.add_argument("--max-seq", type=int, default=2048, metavar="N", help="with --engine: longest sequence (2048)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from rlens.models import load_model
+    from rlens.plan import empty_plan, load_plan
+
+    export = export_config(args)  # flag errors before any work
+    if args.engine:
+        from rlens.engine.build import import_tensorrt
+
+        import_tensorrt()  # fail now, not after a long export
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    info = loaded.info()
+    if args.plan:
+        plan = load_plan(args.plan, info)
+    elif args.no_reduce:
+        plan = empty_plan(info)
+    else:
+        plan, _ = calibrate(loaded, calibration_config(args, args.ffn_mode or "static"), args.data)
+    write_bundle(loaded, plan, args.bundle, export)
+    if args.engine:
+        from rlens.engine import EngineConfig, engine_from_bundle
+
+        visual = args.visual_tokens or 1024
+        engine_from_bundle(args.bundle, EngineConfig(plugin_lib=args.plugin_lib, max_seq=args.max_seq,
+                                                     max_visual_tokens=min(visual, args.max_seq - 1)))
+    print(f"rlens-export: {args.bundle} ready", file=sys.stderr)
+    return 0
