@@ -1,0 +1,47 @@
+"""Budgets (STYLE 10): files under 600 lines, functions under 60 lines, import direction."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "rlens"
+MAX_FILE_LINES = 600
+MAX_FUNCTION_LINES = 60
+
+
+def _py_files():
+    return sorted(SRC.rglob("*.py"))
+
+
+def test_files_are_under_the_line_budget():
+    too_long = {str(p.relative_to(SRC)): n for p in _py_files() if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
+    assert not too_long, too_long
+
+
+def test_functions_are_under_the_line_budget():
+    too_long = {}
+    for p in _py_files():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    too_long[f"{p.relative_to(SRC)}:{node.name}"] = n
+    assert not too_long, too_long
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_runtime_side_never_imports_torch_or_the_build_stages():
+    forbidden = ("torch", "rlens.export", "rlens.reference", "rlens.calibrate", "transformers.modeling_utils")
+    side = [p for p in _py_files() if p.parts[-2] in ("runtime", "backends") or p.name in ("processing.py", "fileio.py")]
+    bad = {str(p.relative_to(SRC)): sorted(n for n in _imports(p) if n.startswith(forbidden)) for p in side}
+    assert not {k: v for k, v in bad.items() if v}, bad
