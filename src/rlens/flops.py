@@ -11,13 +11,18 @@ Token layout: ``text_before`` text tokens, ``visual`` visual tokens, ``text_afte
 FastV convention (Chen et al. 2024, MACs of a non-gated, non-causal layer): ``4 n d^2 + 2 n^2 d
 + 2 n d m``; a reduced layer counts its attended-pair fraction on the ``2 n^2 d`` term and
 ``K/m`` on the FFN term of its visual tokens.
+
+Token pruning (FastV, VTW; ``plan.token_pruning``): layers from ``layer`` on count only the kept
+visual tokens (n and N_v shrink; the hollow window then counts kept tokens); FastV's score
+layer adds its extra last-query row ``2 d_q n`` (QK^T of one row) to the exact count. The FastV
+convention uses each layer's own n, as FastV's ``K f(n) + (L - K) f(n_hat)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from rlens.plan import LayerPlan, Plan
+from rlens.plan import LayerPlan, Plan, TokenPruning
 
 
 @dataclass(frozen=True)
@@ -125,13 +130,27 @@ class FlopsReport:
         }
 
 
+def layer_layout(t: TokenLayout, pruning: TokenPruning | None, index: int) -> TokenLayout:
+    """The tokens layer ``index`` runs on (fewer visual tokens from the pruning layer on)."""
+    if pruning is None or index < pruning.layer:
+        return t
+    return replace(t, visual=pruning.kept(t.visual))
+
+
+def _pruned_layer_flops(plan: Plan, sz: Sizes, t: TokenLayout, i: int) -> LayerFlops:
+    tp = plan.token_pruning
+    lf = layer_flops(sz, layer_layout(t, tp, i), plan.layer(i), plan.ffn_mode, plan.ffn_probes, i)
+    if tp is not None and tp.score_layer == i and tp.layer < sz.num_layers:
+        lf = replace(lf, attention=lf.attention + 2.0 * sz.q_width * t.total)
+    return lf
+
+
 def plan_flops(plan: Plan | None, sz: Sizes, t: TokenLayout) -> FlopsReport:
     """Per-layer and total prefill FLOPs of ``plan`` (``None`` = unreduced) against the full model."""
-    mode = plan.ffn_mode if plan else "static"
-    probes = plan.ffn_probes if plan else 64
-    layers = tuple(
-        layer_flops(sz, t, plan.layer(i) if plan else None, mode, probes, i) for i in range(sz.num_layers)
-    )
+    if plan is None:
+        layers = tuple(layer_flops(sz, t, None, index=i) for i in range(sz.num_layers))
+    else:
+        layers = tuple(_pruned_layer_flops(plan, sz, t, i) for i in range(sz.num_layers))
     full = [layer_flops(sz, t, None, index=i) for i in range(sz.num_layers)]
     return FlopsReport(layers, sum(f.total for f in full), sum(f.fastv for f in full))
 
@@ -139,5 +158,8 @@ def plan_flops(plan: Plan | None, sz: Sizes, t: TokenLayout) -> FlopsReport:
 def flops_summary(plan: Plan, sz: Sizes, t: TokenLayout) -> dict:
     """The plan.json ``flops`` block."""
     r = plan_flops(plan, sz, t)
-    return {"visual_tokens": t.visual, "text_tokens": t.text, "text_before": t.text_before,
-            "ratio": round(r.ratio, 6), "ratio_fastv_convention": round(r.ratio_fastv, 6)}
+    out = {"visual_tokens": t.visual, "text_tokens": t.text, "text_before": t.text_before,
+           "ratio": round(r.ratio, 6), "ratio_fastv_convention": round(r.ratio_fastv, 6)}
+    if plan.token_pruning is not None:
+        out["visual_tokens_after_pruning"] = plan.token_pruning.kept(t.visual)
+    return out

@@ -18,6 +18,8 @@ from rlens.errors import PlanError
 FORMAT = "rlens.plan"
 VERSION = 1
 FFN_MODES = ("static", "dynamic")
+PRUNING_METHODS = ("fastv", "vtw")
+DEFAULT_VTW_ETA = 0.003
 
 
 def ffn_keep_for(rho: float, m: int) -> int:
@@ -56,6 +58,52 @@ class LayerPlan:
         return d
 
 
+def kept_visual_tokens(n_visual: int, ratio: float) -> int:
+    """FastV's kept count: ``N_v - floor(R * N_v)`` (the 1e-9 guards float error, e.g. 0.7 * 10)."""
+    return n_visual - min(n_visual, math.floor(ratio * n_visual + 1e-9))
+
+
+@dataclass(frozen=True)
+class TokenPruning:
+    """Visual-token pruning in prefill (docs/token_pruning.md). ``layer`` = K is the first decoder
+    layer that sees the reduced token set (K layers run on every token, as FastV counts them):
+
+    - ``fastv``: layer K-1's last-query attention (head-averaged) ranks the visual tokens; layers
+      K.. keep the top ``N_v - floor(ratio * N_v)`` (ties: lower index), in their original order.
+    - ``vtw``: layers K.. see no visual token (``ratio`` is 1 by definition).
+
+    ``layer == num_layers`` prunes nothing (VTW found no layer under ``eta``)."""
+
+    method: str
+    layer: int
+    ratio: float = 1.0
+    eta: float | None = None
+    chosen_by: str | None = None  # vtw: "auto" | "manual"
+    divergence: float | None = None  # vtw auto: mean KL at the chosen layer
+
+    @property
+    def score_layer(self) -> int | None:
+        """The layer whose attention ranks the visual tokens (FastV only)."""
+        return self.layer - 1 if self.method == "fastv" else None
+
+    def kept(self, n_visual: int) -> int:
+        return 0 if self.method == "vtw" else kept_visual_tokens(n_visual, self.ratio)
+
+    def describe(self) -> str:
+        if self.method == "fastv":
+            return f"FastV K={self.layer} R={self.ratio:g}"
+        return f"VTW from layer {self.layer}"
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"method": self.method, "layer": self.layer}
+        if self.method == "fastv":
+            d["ratio"] = self.ratio
+        for name in ("eta", "chosen_by", "divergence"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
+        return d
+
+
 @dataclass(frozen=True)
 class Ranking:
     method: str
@@ -72,6 +120,7 @@ class Plan:
     ranking: Ranking | None = None
     flops: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    token_pruning: TokenPruning | None = None
 
     def layer(self, index: int) -> LayerPlan | None:
         for lp in self.layers:
@@ -86,7 +135,10 @@ class Plan:
         n_h = sum(lp.hollow_window is not None for lp in self.layers)
         n_f = sum(lp.ffn_keep is not None for lp in self.layers)
         total = self.model.num_layers
-        return f"hollow attention in {n_h} of {total} layers, {self.ffn_mode} FFN reduction in {n_f} of {total}"
+        text = f"hollow attention in {n_h} of {total} layers, {self.ffn_mode} FFN reduction in {n_f} of {total}"
+        if self.token_pruning is not None:
+            text += f", token pruning {self.token_pruning.describe()}"
+        return text
 
     # ---- json --------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -100,6 +152,8 @@ class Plan:
         d["ffn_mode"] = self.ffn_mode
         d["ffn_probes"] = self.ffn_probes
         d["layers"] = [lp.to_json() for lp in self.layers]
+        if self.token_pruning is not None:
+            d["token_pruning"] = self.token_pruning.to_json()
         if self.flops:
             d["flops"] = dict(self.flops)
         if self.calibration:
@@ -189,6 +243,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
     calib = data.get("calibration", {})
     p.require(isinstance(flops, dict), "'flops' must be an object")
     p.require(isinstance(calib, dict), "'calibration' must be an object")
+    pruning = _token_pruning(p, data.get("token_pruning"), info.num_layers)
     return Plan(
         model=info,
         layers=tuple(sorted(layers, key=lambda lp: lp.index)),
@@ -197,6 +252,7 @@ def plan_from_dict(data: Any, source: str = "plan") -> Plan:
         ranking=ranking,
         flops=flops,
         calibration=calib,
+        token_pruning=pruning,
     )
 
 
@@ -274,3 +330,37 @@ def _ranking(p: _Reader, raw: Any, num_layers: int) -> Ranking | None:
     for v in div:
         p.require(isinstance(v, (int, float)) and not isinstance(v, bool), "ranking.divergence holds numbers")
     return Ranking(method=method, order=tuple(order), divergence=tuple(float(v) for v in div))
+
+
+def _number(p: _Reader, value: Any, name: str, lo: float, hi: float) -> float:
+    p.require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{name} must be a number")
+    p.require(lo <= value <= hi, f"{name}={value} is outside [{lo}, {hi}]")
+    return float(value)
+
+
+def _token_pruning(p: _Reader, raw: Any, num_layers: int) -> TokenPruning | None:
+    if raw is None:
+        return None
+    where = "token_pruning"
+    p.require(isinstance(raw, dict), f"'{where}' must be an object")
+    extra = set(raw) - {"method", "layer", "ratio", "eta", "chosen_by", "divergence"}
+    p.require(not extra, f"{where} has unknown keys {sorted(extra)}")
+    method = raw.get("method")
+    p.require(method in PRUNING_METHODS, f"{where}.method must be one of {PRUNING_METHODS}, got {method!r}")
+    lo = 1 if method == "fastv" else 0  # FastV ranks with the layer before K
+    layer = p.integer(raw.get("layer"), f"{where}.layer", lo=lo, hi=num_layers)
+    if method == "fastv":
+        p.require("ratio" in raw, f"{where}: fastv needs 'ratio' (share of visual tokens dropped)")
+        ratio = _number(p, raw["ratio"], f"{where}.ratio", 0.0, 1.0)
+    else:
+        p.require(raw.get("ratio", 1.0) == 1.0, f"{where}: vtw drops every visual token (no 'ratio')")
+        ratio = 1.0
+    eta = raw.get("eta")
+    if eta is not None:
+        eta = _number(p, eta, f"{where}.eta", 0.0, math.inf)
+    chosen = raw.get("chosen_by")
+    p.require(chosen in (None, "auto", "manual"), f"{where}.chosen_by must be 'auto' or 'manual'")
+    div = raw.get("divergence")
+    if div is not None:
+        div = _number(p, div, f"{where}.divergence", -math.inf, math.inf)
+    return TokenPruning(method, layer, ratio, eta, chosen, div)

@@ -1,6 +1,7 @@
 """Calibrate stage: HF model + calibration data -> plan.json (DESIGN §3.3, §3.4, §4)."""
 
-from rlens.calibrate.api import dispatch_for_calibration, plan_from_encoded, plan_from_model
+from rlens.calibrate.api import choose_vtw_layer, dispatch_for_calibration, plan_from_encoded, plan_from_model, \
+    with_token_pruning
 from rlens.calibrate.config import CalibrationConfig
 from rlens.calibrate.data import CalibrationSample, Encoded, builtin_calibration_set, load_calibration_data
 from rlens.calibrate.rankings import RankResult
@@ -13,11 +14,13 @@ __all__ = [
     "Encoded",
     "RankResult",
     "builtin_calibration_set",
+    "choose_vtw_layer",
     "dispatch_for_calibration",
     "format_table",
     "load_calibration_data",
     "plan_from_encoded",
     "plan_from_model",
     "report_path_for",
+    "with_token_pruning",
     "write_report",
 ]

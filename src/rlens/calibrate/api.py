@@ -17,7 +17,7 @@ from rlens.calibrate.report import CalibrationReport
 from rlens.errors import InputError
 from rlens.families.base import Family
 from rlens.flops import Sizes, TokenLayout, flops_summary, plan_flops
-from rlens.plan import LayerPlan, ModelInfo, Plan, Ranking, ffn_keep_for
+from rlens.plan import LayerPlan, ModelInfo, Plan, Ranking, TokenPruning, ffn_keep_for
 from rlens.reference.ffn import top_k_lower_index_first
 
 Data = Sequence[CalibrationSample] | str | os.PathLike[str] | None
@@ -52,9 +52,14 @@ def plan_from_encoded(model: Any, family: type[Family], info: ModelInfo, encoded
     sizes = Sizes.from_family_sizes(family.sizes(model.config))
     layout = token_layout(encoded, config)
     builder = PlanBuilder(info, config)
-    chosen = layers_to_reduce(builder, sizes, layout, config)  # fails early on an unreachable budget
+    builder.pruning = fixed_token_pruning(config, info.num_layers)
+    if config.vtw != "auto":
+        chosen = layers_to_reduce(builder, sizes, layout, config)  # fails early on an unreachable budget
     driver = Driver(model, family, config.probes, config.cache_device, config.progress)
     driver.capture(encoded, config.batch_size)
+    if config.vtw == "auto":
+        builder.pruning = choose_vtw_layer(driver, config)
+        chosen = layers_to_reduce(builder, sizes, layout, config)
     builder.static_indices = static_ffn_indices(driver, builder.keep)
     capture_s = time.perf_counter() - t0
     rounds = chosen if config.greedy_rounds == "plan" else config.greedy_rounds
@@ -109,6 +114,49 @@ def layers_to_reduce(builder: PlanBuilder, sizes: Sizes, layout: TokenLayout,
     )
 
 
+def fixed_token_pruning(config: CalibrationConfig, num_layers: int) -> TokenPruning | None:
+    """The token pruning given on the command line (VTW auto is chosen after the capture pass)."""
+    if config.fastv is not None:
+        k, r = config.fastv
+        if k > num_layers:
+            raise InputError(f"--fastv layer {k} is beyond the model's {num_layers} layers")
+        return TokenPruning("fastv", k, float(r))
+    if isinstance(config.vtw, int):
+        if config.vtw > num_layers:
+            raise InputError(f"--vtw layer {config.vtw} is beyond the model's {num_layers} layers")
+        return TokenPruning("vtw", config.vtw, chosen_by="manual")
+    return None
+
+
+def choose_vtw_layer(driver: Driver, config: CalibrationConfig) -> TokenPruning:
+    """VTW's rule: the first layer K >= ``vtw_min_layer`` whose mean ``KL(P_withdrawn || P_full)``
+    of the last prompt token is <= ``vtw_eta``; ``K = L`` (nothing withdrawn) when none is."""
+    L = driver.num_layers
+    for k in range(min(config.vtw_min_layer, L), L):
+        kl = driver.withdrawal_divergence(k)
+        if kl <= config.vtw_eta:
+            return TokenPruning("vtw", k, eta=config.vtw_eta, chosen_by="auto", divergence=round(kl, 8))
+    return TokenPruning("vtw", L, eta=config.vtw_eta, chosen_by="auto")
+
+
+def with_token_pruning(plan: Plan, pruning: TokenPruning, sizes: Sizes, layout: TokenLayout,
+                       budget: float | None = None) -> Plan:
+    """``plan`` plus ``pruning`` (e.g. FastV K=2, R=0.5), its ``flops`` block recomputed. With
+    ``budget``: keep only the plan's reduced layers that come first in its ranking order, as few
+    as make the prefill FLOPs ratio <= budget (all of them if the budget is out of reach)."""
+    from dataclasses import replace
+
+    out = replace(plan, token_pruning=pruning)
+    if budget is not None:
+        order = list(plan.ranking.order) if plan.ranking else [lp.index for lp in plan.layers]
+        order = [i for i in order if plan.layer(i) is not None]
+        for k in range(len(order) + 1):
+            out = replace(plan, token_pruning=pruning).with_layers([plan.layer(i) for i in order[:k]])
+            if plan_flops(out, sizes, layout).ratio <= budget + 1e-12:
+                break
+    return replace(out, flops=flops_summary(out, sizes, layout))
+
+
 def static_ffn_indices(driver: Driver, keep: int) -> list[tuple[int, ...]]:
     """Per layer: top-K of the probe scores averaged over all calibration samples (full model)."""
     stats = driver.stats
@@ -125,6 +173,7 @@ class PlanBuilder:
         self.config = config
         self.keep = ffn_keep_for(config.ffn_keep, info.intermediate_size)
         self.static_indices: list[tuple[int, ...]] | None = None
+        self.pruning: TokenPruning | None = None  # part of every candidate plan
 
     def layer(self, index: int, attention: bool, ffn: bool) -> LayerPlan:
         static = self.config.ffn_mode == "static" and ffn
@@ -134,7 +183,8 @@ class PlanBuilder:
 
     def plan(self, attention: Sequence[int], ffn: Sequence[int]) -> Plan:
         layers = [self.layer(i, i in attention, i in ffn) for i in sorted(set(attention) | set(ffn))]
-        plan = Plan(model=self.info, ffn_mode=self.config.ffn_mode, ffn_probes=self.config.probes)
+        plan = Plan(model=self.info, ffn_mode=self.config.ffn_mode, ffn_probes=self.config.probes,
+                    token_pruning=self.pruning)
         return plan.with_layers(layers)
 
     def uniform(self, k: int) -> Plan:
@@ -176,6 +226,9 @@ def _annotate(plan: Plan, results: dict[str, RankResult], sizes: Sizes, layout: 
         calib["greedy_rounds"] = len(main.steps)
     if config.separate or main.method == "stats":
         calib["rankings"] = {kind: _ranking_json(r) for kind, r in results.items()}
+    if config.fastv is not None or config.vtw is not None:
+        calib["token_pruning"] = {"fastv": list(config.fastv) if config.fastv else None, "vtw": config.vtw,
+                                  "vtw_eta": config.vtw_eta, "vtw_min_layer": config.vtw_min_layer}
     plan = replace(plan, ranking=Ranking(main.method, main.order, divergence), calibration=calib)
     return replace(plan, flops=flops_summary(plan, sizes, layout))
 

@@ -42,6 +42,12 @@ class CalibrationConfig:
     #: greedy only: stop after this many rounds (the rest of the order follows fast's); "plan":
     #: as many as the plan reduces (same plan as the full greedy, cheaper); None: all L rounds.
     greedy_rounds: int | str | None = None
+    #: token pruning (docs/token_pruning.md): FastV (first pruned layer K, dropped share R) ...
+    fastv: tuple[int, float] | None = None
+    #: ... or VTW: "auto" (first layer >= vtw_min_layer with mean KL <= vtw_eta) or a layer K.
+    vtw: str | int | None = None
+    vtw_eta: float = 0.003
+    vtw_min_layer: int = 5
 
     def __post_init__(self) -> None:
         if self.ranking not in RANKINGS:
@@ -65,10 +71,25 @@ class CalibrationConfig:
                 not isinstance(self.greedy_rounds, int) or self.greedy_rounds < 1):
             raise InputError(
                 f"--greedy-rounds must be a positive integer or 'plan', got {self.greedy_rounds!r}")
+        self._check_pruning()
         for name in ("visual_tokens", "text_tokens"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+
+    def _check_pruning(self) -> None:
+        if self.fastv is not None and self.vtw is not None:
+            raise InputError("give either --fastv or --vtw, not both")
+        if self.fastv is not None:
+            k, r = self.fastv
+            if not isinstance(k, int) or k < 1 or not 0.0 <= r <= 1.0:
+                raise InputError(f"--fastv K,R needs a layer K >= 1 and a ratio R in [0, 1], got {k},{r}")
+        if self.vtw is not None and self.vtw != "auto" and (not isinstance(self.vtw, int) or self.vtw < 0):
+            raise InputError(f"--vtw must be 'auto' or a layer index >= 0, got {self.vtw!r}")
+        if not self.vtw_eta >= 0.0:
+            raise InputError(f"--vtw-eta must be >= 0, got {self.vtw_eta}")
+        if self.vtw_min_layer < 0:
+            raise InputError(f"--vtw-min-layer must be >= 0, got {self.vtw_min_layer}")
 
     @property
     def kinds(self) -> tuple[str, ...]:

@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 
 from rlens.calibrate.data import Encoded
 from rlens.families.base import Family
-from rlens.plan import Plan
+from rlens.plan import Plan, TokenPruning
 from rlens.reference import reduced
+from rlens.reference.tokens import map_positions
 from rlens.reference.ffn import probe_positions, probe_scores
 
 
@@ -197,17 +198,66 @@ class Driver:
 
         ``keep_hidden`` makes the run's hidden states the new cache (commit ``plan``)."""
         total = 0.0
+        start = min(start, pruning_start(plan))
         with reduced(self.model, plan, self.family) as state:
             for g in self.groups:
                 state.visual_span = g.visual_span
                 out = self.run(g, start, keep_hidden)
-                logp = self._log_probs(out, g.positions)
+                logp = self._log_probs(out, _rows(state, g.positions, g.visual_span))
                 ref = g.ref_logp.to(logp.device)
                 kl = (ref.exp() * (ref - logp)).sum(-1).mean(-1)  # [B]
                 total += float(kl.sum())
         self.layer_evals += self.num_layers - start
         self.dirty = self.dirty or keep_hidden
         return total / self.samples
+
+
+    @torch.no_grad()
+    def withdrawal_divergence(self, layer: int) -> float:
+        """VTW's criterion: mean over samples of ``KL(P_withdrawn || P_full)`` of the last prompt
+        token's next-token distribution, visual tokens withdrawn from ``layer`` on (from the
+        full-model cache: layers before ``layer`` are unchanged)."""
+        self.ensure_full_cache()
+        plan = Plan(model=_info_stub(self.num_layers), token_pruning=TokenPruning("vtw", layer))
+        total = 0.0
+        with reduced(self.model, plan, self.family) as state:
+            for g in self.groups:
+                state.visual_span = g.visual_span
+                last = last_prompt_position(g.positions, g.hidden[0].shape[1])
+                out = self.run(g, layer)
+                logp = self._log_probs(out, _rows(state, last, g.visual_span))
+                full = g.ref_logp[:, (g.positions == last[0]).nonzero()[0]].to(logp.device)
+                total += float((logp.exp() * (logp - full)).sum(-1).sum())
+        self.layer_evals += self.num_layers - layer
+        return total / self.samples
+
+
+def pruning_start(plan: Plan) -> int:
+    """The first layer a run must start from with ``plan``'s token pruning: the cache holds full
+    (unpruned) layer inputs up to the pruning layer only; FastV also needs its score layer."""
+    tp = plan.token_pruning
+    if tp is None:
+        return 1 << 30
+    return tp.layer - 1 if tp.score_layer is not None else tp.layer
+
+
+def last_prompt_position(positions: torch.Tensor, length: int) -> torch.Tensor:
+    """The last prompt token: the first target position when an answer follows, else the last."""
+    last = positions[0] if int(positions[-1]) < length - 1 else positions[-1]
+    return last.reshape(1)
+
+
+def _rows(state: Any, positions: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+    prune = state.pruning
+    if prune is None or prune.rows is None:
+        return positions
+    return map_positions(positions, span, prune.dropped)
+
+
+def _info_stub(num_layers: int) -> Any:
+    from rlens.plan import ModelInfo
+
+    return ModelInfo("calibration", num_layers, 1, 1, "")
 
 
 def _pre_hook(i: int, hidden: list, kwargs: list, to_cache: Any) -> Any:

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from rlens.flops import Sizes, TokenLayout, plan_flops
+from rlens.cli.calibrate_cmd import _fastv
+from rlens.flops import Sizes, TokenLayout, layer_layout, plan_flops
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="text tokens in the prefill (default 64)")
     p.add_argument("--text-before", type=int, default=0, metavar="T0",
                    help="how many of the text tokens come before the image (default 0)")
+    p.add_argument("--fastv", type=_fastv, default=None, metavar="K,R",
+                   help="add FastV token pruning (layers K.. keep the top 1-R visual tokens) to the accounting")
+    p.add_argument("--vtw", type=int, default=None, metavar="K",
+                   help="add VTW token pruning (layers K.. see no visual token) to the accounting")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow custom model code from a local directory (off by default)")
@@ -46,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config, family = load_config(args.model, trust_remote_code=args.trust_remote_code)
     sizes = family.sizes(config)
+    plan = _with_pruning(plan, args, family, config, sizes)
     layout = TokenLayout(visual=args.visual_tokens, text_after=args.text_tokens - args.text_before,
                          text_before=args.text_before)
     report = plan_flops(plan, Sizes.from_family_sizes(sizes), layout)
@@ -61,6 +67,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_pruning(plan, args, family, config, sizes):
+    """``--fastv`` / ``--vtw`` on top of ``--plan`` (or of the unreduced model)."""
+    from dataclasses import replace
+
+    from rlens.errors import InputError
+    from rlens.plan import ModelInfo, Plan, PlanError, TokenPruning, plan_from_dict
+
+    if args.fastv is None and args.vtw is None:
+        return plan
+    if args.fastv is not None and args.vtw is not None:
+        raise InputError("give either --fastv or --vtw, not both")
+    tp = TokenPruning("fastv", args.fastv[0], args.fastv[1]) if args.fastv else TokenPruning("vtw", args.vtw)
+    if plan is None:
+        plan = Plan(model=ModelInfo(family.model_class, sizes["num_layers"], sizes["hidden_size"],
+                                    sizes["intermediate_size"], ""))
+    out = replace(plan, token_pruning=tp)
+    try:
+        plan_from_dict(out.to_json(), "--fastv/--vtw")  # the plan file's validation
+    except PlanError as e:
+        raise InputError(str(e)) from None
+    return out
+
+
 def format_table(family, sizes, plan, layout, report) -> str:
     lines = [
         f"family        {family.name} ({family.model_class}), rope={family.rope_kind}",
@@ -68,14 +97,15 @@ def format_table(family, sizes, plan, layout, report) -> str:
         f"tokens        {layout.visual} visual, {layout.text} text ({layout.text_before} before the image)",
         f"plan          {plan.summary() if plan else 'none (unreduced)'}",
         "",
-        f"{'layer':>5} {'hollow W':>9} {'FFN keep':>9} {'GFLOPs':>10} {'vs full':>8}",
+        f"{'layer':>5} {'visual':>7} {'hollow W':>9} {'FFN keep':>9} {'GFLOPs':>10} {'vs full':>8}",
     ]
     full = report.full_total / len(report.layers)
     for lf in report.layers:
         lp = plan.layer(lf.index) if plan else None
         w = lp.hollow_window if lp and lp.hollow_window is not None else "-"
         k = lp.ffn_keep if lp and lp.ffn_keep is not None else "-"
-        lines.append(f"{lf.index:>5} {w!s:>9} {k!s:>9} {lf.total / 1e9:>10.4f} {lf.total / full:>8.3f}")
+        nv = layer_layout(layout, plan.token_pruning if plan else None, lf.index).visual
+        lines.append(f"{lf.index:>5} {nv:>7} {w!s:>9} {k!s:>9} {lf.total / 1e9:>10.4f} {lf.total / full:>8.3f}")
     lines.append(f"total prefill {report.total / 1e9:.4f} GFLOPs; ratio {report.ratio:.4f} "
                  f"(FastV convention {report.ratio_fastv:.4f})")
     return "\n".join(lines)

@@ -46,6 +46,9 @@ def decoder_profiles(manifest: dict[str, Any], max_seq: int, max_visual: int) ->
                "total_sequence": (1, opt_prefill, max_seq)}
     decode = {"batch": (1, 1, 1), "sequence": (1, 1, 1), "past_sequence": (1, opt_prefill, max_seq - 1),
               "total_sequence": (2, opt_prefill + 1, max_seq)}
+    # Layers after FastV/VTW pruning keep a shorter KV cache (docs/token_pruning.md): same bounds.
+    prefill.update(past_sequence_pruned=(0, 0, 0), total_sequence_pruned=prefill["total_sequence"])
+    decode.update(past_sequence_pruned=(1, opt_prefill, max_seq - 1), total_sequence_pruned=decode["total_sequence"])
     return [ProfileShapes(name, {io["name"]: _dims(io, vals) for io in inputs})
             for name, vals in (("prefill", prefill), ("decode", decode))]
 

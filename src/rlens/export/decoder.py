@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 
 from rlens.export import attention as att
 from rlens.export import ffn as ffn_mod
+from rlens.export import tokens as tok
 from rlens.export.graph import GraphBuilder
 from rlens.plan import LayerPlan, Plan
 from rlens.plugins.spec import HOLLOW_ATTENTION
@@ -55,15 +56,17 @@ def io_names(geo: DecoderGeometry) -> tuple[list[str], list[str]]:
             ["logits", *present])
 
 
-def _io(geo: DecoderGeometry, dtype: int) -> tuple[list, list]:
-    kv_shape = ["batch", geo.kv_heads, "past_sequence", geo.head_dim]
-    out_kv = ["batch", geo.kv_heads, "total_sequence", geo.head_dim]
+def _io(geo: DecoderGeometry, dtype: int, first_pruned: int) -> tuple[list, list]:
+    """Graph I/O; layers from ``first_pruned`` on have their own (shorter) KV length dims."""
     pos = [3, "batch", "sequence"] if geo.mrope_section else ["batch", "sequence"]
     ins = [helper.make_tensor_value_info("inputs_embeds", dtype, ["batch", "sequence", geo.hidden]),
            helper.make_tensor_value_info("attention_mask", INT64, ["batch", "total_sequence"]),
            helper.make_tensor_value_info("position_ids", INT64, pos)]
     outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, geo.vocab])]
     for i in range(geo.num_layers):
+        pruned = i >= first_pruned
+        kv_shape = ["batch", geo.kv_heads, tok.PAST_DIM if pruned else "past_sequence", geo.head_dim]
+        out_kv = ["batch", geo.kv_heads, tok.TOTAL_DIM if pruned else "total_sequence", geo.head_dim]
         for t in ("key", "value"):
             ins.append(helper.make_tensor_value_info(f"past_key_values.{i}.{t}", dtype, kv_shape))
             outs.append(helper.make_tensor_value_info(f"present.{i}.{t}", dtype, out_kv))
@@ -116,6 +119,7 @@ class _Shared:
     key_mask: str  # bool [B,1,1,1,T]
     causal: str  # bool [B,1,1,S,T]
     span: tuple[str, str]  # [1]-shaped start, end of the visual span in the chunk
+    span_input: str = "visual_span"  # int64 [2] (start, length) as the layer sees it
 
 
 def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim: int) -> str:
@@ -143,6 +147,9 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
     b.output(k_all, f"present.{i}.key")
     b.output(v_all, f"present.{i}.value")
     scale = float(attn.scaling)
+    tp = ctx.plan.token_pruning
+    if tp is not None and tp.score_layer == i and tp.layer < geo.num_layers:
+        ctx.scores = tok.last_query_scores(b, q, k_all, b.fconst(scale), ctx.shared.key_mask)
     if lp is not None and lp.hollow_window is not None:
         out = _hollow(b, ctx, q, k_all, v_all, lp.hollow_window, scale)
     else:
@@ -166,10 +173,10 @@ def _hollow(b: GraphBuilder, ctx: _Ctx, q: str, k: str, v: str, window: int, sca
         from rlens.plugins.spec import make_node_attributes
 
         attrs = make_node_attributes(window, geo.heads, geo.kv_heads, geo.head_dim, scale)
-        return b.op(HOLLOW_ATTENTION.name, [q, k, v, "visual_span"], label=HOLLOW_ATTENTION.name,
+        return b.op(HOLLOW_ATTENTION.name, [q, k, v, ctx.shared.span_input], label=HOLLOW_ATTENTION.name,
                     domain=HOLLOW_ATTENTION.onnx_domain, **attrs)
     with b.scope("HollowAttention"):
-        return att.hollow_attention(b, q, k, v, "visual_span", b.const(window), b.fconst(scale),
+        return att.hollow_attention(b, q, k, v, ctx.shared.span_input, b.const(window), b.fconst(scale),
                                     ctx.shared.key_mask)
 
 
@@ -180,6 +187,7 @@ class _Ctx:
     geo: DecoderGeometry
     attention_mode: str
     shared: _Shared | None = None
+    scores: str | None = None  # FastV: [B, P+S] last-query attention of the score layer
 
     @property
     def family(self) -> Any:
@@ -239,6 +247,27 @@ def _shared(b: GraphBuilder, ctx: _Ctx) -> _Shared:
     return _Shared(cos, sin, key_mask, causal, (start, end))
 
 
+def _prune(b: GraphBuilder, ctx: _Ctx, x32: str) -> str:
+    """Before the first pruned layer: keep the chunk's kept rows; the following layers get the
+    gathered rotary tables, the pruned key mask and the kept visual span."""
+    tp = ctx.plan.token_pruning
+    with b.scope("token_pruning"):
+        past = b.scalar(b.op("Sub", [b.dim("attention_mask", 1), b.dim("inputs_embeds", 1)]))
+        rows, start, kept = tok.kept_rows(b, tp, ctx.scores, past)
+        x32 = tok.gather_rows(b, x32, rows, 1)
+        cos = tok.gather_rows(b, ctx.shared.cos, rows, 2)
+        sin = tok.gather_rows(b, ctx.shared.sin, rows, 2)
+        own_past = b.dim(f"past_key_values.{tp.layer}.key", 2)
+        mask = tok.pruned_mask(b, rows, own_past)
+        key_mask = b.op("Unsqueeze", [b.op("Cast", [mask], to=TensorProto.BOOL), b.const([1, 2, 3])])
+        t = b.dim(mask, 1)
+        qpos = b.op("Range", [b.scalar(b.op("Sub", [t, b.dim(rows, 1)])), b.scalar(t), b.const(1)])
+        causal = att.causal_allowed(b, qpos, t, key_mask)
+        span = b.op("Concat", [start, kept], axis=0, label="visual_span")
+        ctx.shared = _Shared(cos, sin, key_mask, causal, (start, b.op("Add", [start, kept])), span)
+    return x32
+
+
 def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dtype: str = "fp32",
                   opset: int = 18) -> onnx.ModelProto:
     """The decoder ModelProto (weights inline; the writer moves them to external data)."""
@@ -247,7 +276,10 @@ def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dty
     ctx = _Ctx(loaded, plan, geo, attention_mode)
     ctx.shared = _shared(b, ctx)
     x32 = b.cast("inputs_embeds", "fp32")
+    first_pruned = plan.token_pruning.layer if plan.token_pruning is not None else geo.num_layers
     for i in range(geo.num_layers):
+        if i == first_pruned:
+            x32 = _prune(b, ctx, x32)
         x32 = _layer(b, ctx, i, x32)
     lm = ctx.family.language_model(loaded.model)
     with b.scope("final"):
@@ -256,7 +288,7 @@ def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dty
         head = _np(ctx.family.lm_head(loaded.model).weight).T.astype(b.np_float)
         logits = b.cast(b.op("MatMul", [h, b.weight("lm_head.weight_t", head)], label="lm_head"), "fp32")
         b.output(logits, "logits")
-    ins, outs = _io(geo, b.onnx_float)
+    ins, outs = _io(geo, b.onnx_float, first_pruned)
     graph = helper.make_graph(b.nodes, "rlens_decoder", ins, outs, b.initializers)
     functions = []
     if attention_mode == "plugin" and any(lp.hollow_window is not None for lp in plan.layers):

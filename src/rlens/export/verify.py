@@ -58,9 +58,11 @@ def positions(geo: DecoderGeometry, batch: int, past: int, seq: int, span: tuple
 
 
 def sample(geo: DecoderGeometry, seed: int, batch: int, seq: int, span: tuple[int, int],
-           past_kv: list[np.ndarray] | None = None, past_pos: int = 0, dtype: Any = np.float32) -> DecoderSample:
+           past_kv: list[np.ndarray] | None = None, past_pos: int = 0, dtype: Any = np.float32,
+           past_len: int | None = None) -> DecoderSample:
+    """``past_len``: the full (unpruned) past length, the attention mask's; default: layer 0's."""
     rng = np.random.default_rng(seed)
-    past = 0 if past_kv is None else past_kv[0].shape[2]
+    past = past_len if past_len is not None else (0 if past_kv is None else past_kv[0].shape[2])
     feeds: dict[str, np.ndarray] = {
         "inputs_embeds": rng.standard_normal((batch, seq, geo.hidden)).astype(dtype),
         "attention_mask": np.ones((batch, past + seq), dtype=np.int64),
@@ -86,7 +88,7 @@ def reference_step(loaded: Any, plan: Plan, s: DecoderSample) -> tuple[np.ndarra
     f = s.feeds
     n = fam.sizes(model.config)["num_layers"]
     cache = DynamicCache(config=fam.text_config(model.config))
-    if f["past_key_values.0.key"].shape[2]:
+    if any(f[f"past_key_values.{i}.key"].shape[2] for i in range(n)):
         for i in range(n):
             cache.update(torch.from_numpy(f[f"past_key_values.{i}.key"]).float(),
                          torch.from_numpy(f[f"past_key_values.{i}.value"]).float(), i)
@@ -109,6 +111,7 @@ def check_decoder(session: Any, loaded: Any, plan: Plan, geo: DecoderGeometry, *
     cmp = Comparison()
     s = sample(geo, seed, batch, seq, span, dtype=dtype)
     past_pos = int(s.feeds["position_ids"].max()) + 1
+    total = seq
     for step in range(steps + 1):
         names = [o.name for o in session.get_outputs()]
         got = dict(zip(names, session.run(None, s.feeds)))
@@ -119,7 +122,8 @@ def check_decoder(session: Any, loaded: Any, plan: Plan, geo: DecoderGeometry, *
             cmp.add(f"{tag}.present.key", got[f"present.{i}.key"], present[2 * i])
             cmp.add(f"{tag}.present.value", got[f"present.{i}.value"], present[2 * i + 1])
         kv = [got[f"present.{i}.{t}"] for i in range(geo.num_layers) for t in ("key", "value")]
-        s = sample(geo, seed + step + 1, batch, 1, (0, 0), kv, past_pos + step, dtype=dtype)
+        s = sample(geo, seed + step + 1, batch, 1, (0, 0), kv, past_pos + step, dtype=dtype, past_len=total)
+        total += 1
     return cmp
 
 

@@ -12,6 +12,7 @@ import onnx
 from rlens.errors import BundleError
 from rlens.export.bundle import FORMAT, VERSION, ExportConfig, save_onnx, write_manifest
 from rlens.export.decoder import decoder_model, geometry
+from rlens.export.tokens import manifest_entry
 from rlens.export.verify import check_decoder
 from rlens.export.vision import embed_model, reference_features, vision_inputs, vision_model
 from rlens.plan import Plan
@@ -138,7 +139,9 @@ def _manifest(loaded: Any, plan: Plan, config: ExportConfig, graphs: dict[str, A
         "plan": {"summary": plan.summary(), "ffn_mode": plan.ffn_mode, "ffn_probes": plan.ffn_probes,
                  "hollow_layers": [lp.index for lp in plan.layers if lp.hollow_window is not None],
                  "ffn_layers": [lp.index for lp in plan.layers if lp.ffn_keep is not None],
-                 "flops": dict(plan.flops)},
+                 "flops": dict(plan.flops),
+                 "token_pruning": None if plan.token_pruning is None
+                 else manifest_entry(plan.token_pruning, geo.num_layers)},
         "verification": None if not config.verify else {"tolerance": config.max_abs_diff, "max_abs_diff": diffs},
         "versions": _versions(),
     }

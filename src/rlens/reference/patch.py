@@ -19,6 +19,7 @@ from rlens.families.base import NO_SPAN, Family, VisualSpan
 from rlens.plan import Plan
 from rlens.reference.ffn import ProbeFFN
 from rlens.reference.hollow import hollow_attention
+from rlens.reference.tokens import SCORE_ATTN_NAME, PruneState, prune_pre_hook, score_attention_forward
 
 ATTN_NAME = "rlens_hollow_reference"
 _registrations = 0
@@ -33,6 +34,13 @@ class SpanState:
         self._config = config
         self.visual_span: tuple[int, int] | None = None
         self._auto: VisualSpan = NO_SPAN
+        self.pruning: PruneState | None = None  # set by reduced() when the plan prunes tokens
+
+    def layer_span(self, index: int) -> tuple[int, int]:
+        """The visual span as layer ``index`` sees it (after token pruning: the kept tokens)."""
+        if self.pruning is not None and self.pruning.applies(index):
+            return self.pruning.span
+        return self.chunk_span()
 
     def chunk_span(self) -> tuple[int, int]:
         if self.visual_span is not None:
@@ -50,8 +58,8 @@ class SpanState:
 
 def _hollow_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                     scaling: float | None = None, dropout: float = 0.0, **_: Any) -> tuple[Any, None]:
-    window, state = module._rlens_hollow
-    start, length = state.chunk_span()
+    window, state, index = module._rlens_hollow
+    start, length = state.layer_span(index)
     past = key.shape[2] - query.shape[2]
     out = hollow_attention(query, key, value, (start + past, length), window,
                            module.scaling if scaling is None else scaling, attention_mask)
@@ -65,6 +73,7 @@ def _attention_registered() -> Iterator[None]:
     global _registrations
     if _registrations == 0:
         ALL_ATTENTION_FUNCTIONS[ATTN_NAME] = _hollow_forward
+        ALL_ATTENTION_FUNCTIONS[SCORE_ATTN_NAME] = score_attention_forward
     _registrations += 1
     try:
         yield
@@ -72,6 +81,7 @@ def _attention_registered() -> Iterator[None]:
         _registrations -= 1
         if _registrations == 0:
             del ALL_ATTENTION_FUNCTIONS[ATTN_NAME]
+            del ALL_ATTENTION_FUNCTIONS[SCORE_ATTN_NAME]
 
 
 def _swap_attr(stack: ExitStack, obj: Any, name: str, value: Any) -> None:
@@ -80,12 +90,34 @@ def _swap_attr(stack: ExitStack, obj: Any, name: str, value: Any) -> None:
     stack.callback(setattr, obj, name, old)
 
 
-def _hollow_layer(stack: ExitStack, attn: Any, window: int, state: SpanState) -> None:
+def _hollow_layer(stack: ExitStack, attn: Any, window: int, state: SpanState, index: int) -> None:
     cfg = copy.copy(attn.config)
     cfg._attn_implementation_internal = ATTN_NAME
     _swap_attr(stack, attn, "config", cfg)
-    attn._rlens_hollow = (window, state)
+    attn._rlens_hollow = (window, state, index)
     stack.callback(delattr, attn, "_rlens_hollow")
+
+
+def _score_layer(stack: ExitStack, attn: Any, prune: PruneState) -> None:
+    """FastV's score layer: its attention function also records the last-query attention."""
+    inner = attn.config._attn_implementation
+    cfg = copy.copy(attn.config)
+    cfg._attn_implementation_internal = SCORE_ATTN_NAME
+    _swap_attr(stack, attn, "config", cfg)
+    attn._rlens_fastv = (prune, inner)
+    stack.callback(delattr, attn, "_rlens_fastv")
+
+
+def _token_pruning(stack: ExitStack, plan: Plan, family: type[Family], layers: Any, state: SpanState) -> None:
+    tp = plan.token_pruning
+    if tp is None or tp.layer >= len(layers):
+        return
+    state.pruning = prune = PruneState(tp)
+    if tp.score_layer is not None:
+        _score_layer(stack, family.attention(layers[tp.score_layer]), prune)
+    for i in range(tp.layer, len(layers)):
+        handle = layers[i].register_forward_pre_hook(prune_pre_hook(i, prune, state.chunk_span), with_kwargs=True)
+        stack.callback(handle.remove)
 
 
 @contextmanager
@@ -95,18 +127,23 @@ def reduced(model: Any, plan: Plan, family: type[Family] | None = None) -> Itera
     state = SpanState(family, model.config)
     layers = family.decoder_layers(model)
     with ExitStack() as stack:
-        if any(lp.hollow_window is not None for lp in plan.layers):
+        if any(lp.hollow_window is not None for lp in plan.layers) or plan.token_pruning is not None:
             stack.enter_context(_attention_registered())
         for lp in plan.layers:
             layer = layers[lp.index]
             if lp.hollow_window is not None:
-                _hollow_layer(stack, family.attention(layer), lp.hollow_window, state)
+                _hollow_layer(stack, family.attention(layer), lp.hollow_window, state, lp.index)
             if lp.ffn_keep is not None:
                 mlp = family.ffn(layer)
                 indices = lp.ffn_indices if plan.ffn_mode == "static" else None
                 wrapper = ProbeFFN(mlp, family.ffn_linears(mlp), lp.ffn_keep, indices,
-                                   plan.ffn_probes, state.chunk_span)
+                                   plan.ffn_probes, _layer_span(state, lp.index))
                 _swap_attr(stack, layer, family.mlp_attr, wrapper)
+        _token_pruning(stack, plan, family, layers, state)  # after hollow: the score layer wraps it
         handle = model.register_forward_pre_hook(state.pre_forward, with_kwargs=True)
         stack.callback(handle.remove)
         yield state
+
+
+def _layer_span(state: SpanState, index: int) -> Any:
+    return lambda: state.layer_span(index)
