@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=256, help="hollow attention window")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", type=Path, default=Path("calibration-benchmark.json"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/calibration.json"))
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     res = run(args)
