@@ -1,0 +1,195 @@
+"""The runtime (DESIGN §7): Hugging Face-exact greedy generation through unreduced bundles of
+every tiny preset, sampling, streaming, and one clear typed error per bad input at the boundary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import PRESET_NAMES, sample_image
+from rlens.errors import BundleError, InputError
+from rlens.runtime import BackendError, Session
+
+PROMPT = "What is in the image?"
+_BUNDLES: dict[str, object] = {}
+
+
+def make_bundle(name: str, tmp_path_factory):
+    """(loaded model, unreduced bundle path), built once per preset per session."""
+    if name not in _BUNDLES:
+        from rlens.export import ExportConfig, bundle_from_plan
+        from rlens.models import load_model
+        from rlens.plan import empty_plan
+
+        loaded = load_model(name)
+        out = tmp_path_factory.mktemp("bundles") / name
+        bundle_from_plan(loaded, empty_plan(loaded.info()), out, ExportConfig(verify=False))
+        _BUNDLES[name] = (loaded, out)
+    return _BUNDLES[name]
+
+
+@pytest.fixture(params=PRESET_NAMES)
+def bundle(request, tmp_path_factory):
+    return make_bundle(request.param, tmp_path_factory)
+
+
+@pytest.fixture
+def qwen_bundle(tmp_path_factory):
+    return make_bundle("tiny-qwen2-vl", tmp_path_factory)[1]
+
+
+def hf_greedy(loaded, prompt, max_new_tokens: int, eos: int) -> list[int]:
+    """Hugging Face ``generate`` (greedy) on exactly the runtime's input ids and pixels."""
+    import torch
+
+    proc = {k: v for k, v in prompt.pixels.processed.items() if k != "num_patches"}
+    inputs = {"input_ids": prompt.input_ids, **loaded.family.extra_text_inputs(prompt.input_ids, loaded.config),
+              **proc}
+    inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+    with torch.no_grad():
+        out = loaded.model.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]),
+                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                    pad_token_id=eos)
+    return out[0, prompt.input_ids.shape[1]:].tolist()
+
+
+def until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def test_greedy_matches_hugging_face_generate(bundle):
+    loaded, path = bundle
+    with Session.from_bundle(path) as sess:
+        prompt = sess.prepare(sample_image(), PROMPT)
+        got = list(sess.generate_ids(prompt, 16))
+        eos = int(sess.manifest.eos_token_id)
+    want = until_eos(hf_greedy(loaded, prompt, 16, eos), eos)
+    assert got == want
+    assert len(got) == 16 or got[-1] == eos
+
+
+def test_generate_text_stream_and_stats(qwen_bundle):
+    with Session.from_bundle(qwen_bundle) as sess:
+        text = sess.generate(sample_image(), PROMPT, max_new_tokens=8)
+        stream = sess.generate([sample_image()], PROMPT, max_new_tokens=8, stream=True)
+        pieces = list(stream)
+        assert "".join(pieces) == stream.text == text
+        st = stream.stats
+        assert st.new_tokens == len(stream.ids) and st.visual_tokens == 16 and st.ttft_s > 0
+
+
+def test_sampling_is_seeded(qwen_bundle):
+    with Session.from_bundle(qwen_bundle) as sess:
+        prompt = sess.prepare(sample_image(), PROMPT)
+        from rlens.runtime import Sampler
+
+        def run(seed):
+            return list(sess.generate_ids(prompt, 12, Sampler(temperature=1.5, top_p=0.95, seed=seed)))
+
+        assert run(3) == run(3)
+        assert run(3) != run(4) or run(3) != run(5)
+
+
+def test_non_square_image_is_fitted_to_the_traced_grid(qwen_bundle):
+    with Session.from_bundle(qwen_bundle) as sess:
+        prompt = sess.prepare(sample_image(size=(60, 200)), PROMPT)
+        assert prompt.pixels.resized_to is not None
+        assert prompt.pixels.grid == (1, 4, 4) and prompt.tokens.span[1] == 16
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "bundle"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_manifest(path, **changes):
+    m = json.loads((path / "manifest.json").read_text())
+    m.update(changes)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format": "something.else"}, "format"),
+    ({"version": 2}, "version 2"),
+])
+def test_bad_manifest(qwen_bundle, tmp_path, change, message):
+    dst = _copy(qwen_bundle, tmp_path)
+    _edit_manifest(dst, **change)
+    with pytest.raises(BundleError, match=message):
+        Session.from_bundle(dst)
+
+
+def test_missing_and_damaged_files(qwen_bundle, tmp_path):
+    dst = _copy(qwen_bundle, tmp_path)
+    (dst / "vision.onnx").unlink()
+    with pytest.raises(BundleError, match="missing vision.onnx"):
+        Session.from_bundle(dst)
+    shutil.copy(qwen_bundle / "vision.onnx", dst / "vision.onnx")
+    with open(dst / "processor" / "tokenizer.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(BundleError, match="sha256"):
+        Session.from_bundle(dst)
+    with pytest.raises(BundleError, match="no manifest.json"):
+        Session.from_bundle(tmp_path)
+
+
+def test_bad_inputs(qwen_bundle, tmp_path):
+    bad = tmp_path / "not_an_image.png"
+    bad.write_bytes(b"no pixels here")
+    with Session.from_bundle(qwen_bundle) as sess:
+        with pytest.raises(InputError, match="cannot read image"):
+            sess.generate(bad, PROMPT)
+        with pytest.raises(InputError, match="2 images"):
+            sess.generate([sample_image(), sample_image()], PROMPT)
+        with pytest.raises(InputError, match="over this bundle's limit"):
+            sess.generate(sample_image(), "word " * 3000, max_new_tokens=4)
+        with pytest.raises(InputError, match="separated visual spans|image slots"):
+            sess.generate(sample_image(), "two <|vision_start|><|image_pad|><|vision_end|> images")
+        with pytest.raises(InputError, match="top_p"):
+            sess.generate(sample_image(), PROMPT, temperature=1.0, top_p=0.0)
+
+
+def test_tensorrt_backend_slot_is_a_clear_error(qwen_bundle):
+    with pytest.raises(BackendError, match="not available in this build"):
+        Session.from_bundle(qwen_bundle, backend="tensorrt")
+    with pytest.raises(BackendError, match="unknown backend"):
+        Session.from_bundle(qwen_bundle, backend="tflite")
+    with pytest.raises(BackendError, match="no CUDAExecutionProvider"):
+        Session.from_bundle(qwen_bundle, providers=("cuda",))
+
+
+def test_backend_checks_inputs_at_its_boundary(qwen_bundle):
+    from rlens.runtime.backends import make_backend
+
+    runner = make_backend("onnxruntime", qwen_bundle / "embed_tokens.onnx")
+    with pytest.raises(BackendError, match="not active"):
+        runner.infer({"input_ids": np.zeros((1, 2), np.int64)})
+    with runner:
+        with pytest.raises(InputError, match="dtype"):
+            runner.infer({"input_ids": np.zeros((1, 2), np.int32)})
+        with pytest.raises(InputError, match="missing inputs"):
+            runner.infer({})
+        assert runner.infer({"input_ids": np.zeros((1, 2), np.int64)})["inputs_embeds"].shape == (1, 2, 64)
+    assert not runner.is_active
+
+
+def test_separated_visual_spans_are_one_clear_error():
+    from rlens.runtime.prepare import visual_span
+
+    assert visual_span(np.asarray([1, 7, 7, 7, 2]), (7,)) == (1, 3)
+    assert visual_span(np.asarray([1, 2]), (7,)) == (0, 0)
+    with pytest.raises(InputError, match="2 separated visual spans"):
+        visual_span(np.asarray([1, 7, 7, 2, 7, 3]), (7, 8))
+
+
+def test_sampler_top_p_keeps_the_nucleus():
+    from rlens.runtime import Sampler
+
+    logits = np.log(np.asarray([0.6, 0.3, 0.05, 0.05]))
+    picks = {Sampler(temperature=1.0, top_p=0.8, seed=s)(logits) for s in range(50)}
+    assert picks == {0, 1}
+    assert Sampler()(np.asarray([0.0, 2.0, 2.0])) == 1
