@@ -21,7 +21,10 @@ setup() {
 }
 
 demo() {
-    "$VENV/bin/rlens" inspect tiny-qwen2-vl --visual-tokens 1024 --text-tokens 64
+    # The main job: calibrate + export the embedded default model, then one generation.
+    local bundle=${RLENS_DEMO_BUNDLE:-out/demo-bundle}
+    "$VENV/bin/rlens-export" tiny-qwen2-vl "$bundle" --overwrite
+    "$VENV/bin/rlens" run "$bundle" --image examples/demo.png --prompt "What is in the image?" --max-new-tokens 16
 }
 
 tests() {

@@ -23,6 +23,15 @@ def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
 
 
 def test_main_job_command_runs():
-    r = subprocess.run(_quick_start_commands()[0], shell=True, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    import json
+    import os
+
+    bundle = ROOT / "out" / "test-readme-bundle"
+    env = dict(os.environ, RLENS_DEMO_BUNDLE=str(bundle))
+    r = subprocess.run(_quick_start_commands()[0], shell=True, cwd=ROOT, capture_output=True, text=True,
+                       timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "family        qwen2-vl" in r.stdout and "total prefill" in r.stdout
+    assert "ready" in r.stderr and "16 new" in r.stderr and "tokens/s" in r.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["family"] == "qwen2-vl" and manifest["verification"]["max_abs_diff"]["decoder"] < 1e-4
+    assert json.loads((bundle / "plan.json").read_text())["layers"], "the demo bundle is reduced"
