@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from rlens.engine.device import Target, check_engine_record
+from rlens.targets import Target, check_engine_record
 from rlens.engine.prepare import onnx_for_tensorrt
 from rlens.engine.profiles import decoder_profiles, vision_profile
 from rlens.errors import BundleError, InputError
@@ -127,3 +127,28 @@ def _prefill_feeds(manifest, seq, span):
         for kind in ("key", "value"):
             feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, m["num_kv_heads"], 0, m["head_dim"]), np.float32)
     return feeds
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@needs_trt_gpu
+def test_tensorrt_backend_generates_the_onnxruntime_tokens(tmp_path):
+    """The runtime's tensorrt backend (engines of build-engine) gives the greedy tokens of the
+    onnxruntime backend on a reduced plugin-mode bundle."""
+    from conftest import sample_image
+
+    from rlens.engine import EngineConfig, engine_from_bundle
+    from rlens.export import ExportConfig, bundle_from_plan
+    from rlens.models import load_model
+    from rlens.plan import LayerPlan, Plan
+    from rlens.runtime import Session
+
+    loaded = load_model("tiny-qwen2-vl")
+    plan = Plan(model=loaded.info(), layers=(LayerPlan(1, hollow_window=4), LayerPlan(3, hollow_window=4)))
+    bundle = bundle_from_plan(loaded, plan, tmp_path / "b", ExportConfig(attention="plugin"))
+    engine_from_bundle(bundle, EngineConfig(max_visual_tokens=32, max_seq=256))
+    texts = []
+    for backend in ("onnxruntime", "tensorrt"):
+        with Session.from_bundle(bundle, backend=backend) as s:
+            texts.append(s.generate(sample_image(), "What is in the image?", max_new_tokens=8))
+    assert texts[0] == texts[1]

@@ -153,8 +153,8 @@ def test_bad_inputs(qwen_bundle, tmp_path):
             sess.generate(sample_image(), PROMPT, temperature=1.0, top_p=0.0)
 
 
-def test_tensorrt_backend_slot_is_a_clear_error(qwen_bundle):
-    with pytest.raises(BackendError, match="not available in this build"):
+def test_tensorrt_backend_without_tensorrt_or_engines_is_a_clear_error(qwen_bundle):
+    with pytest.raises(BackendError, match="needs TensorRT|no TensorRT engine"):
         Session.from_bundle(qwen_bundle, backend="tensorrt")
     with pytest.raises(BackendError, match="unknown backend"):
         Session.from_bundle(qwen_bundle, backend="tflite")
@@ -193,3 +193,24 @@ def test_sampler_top_p_keeps_the_nucleus():
     picks = {Sampler(temperature=1.0, top_p=0.8, seed=s)(logits) for s in range(50)}
     assert picks == {0, 1}
     assert Sampler()(np.asarray([0.0, 2.0, 2.0])) == 1
+
+
+@pytest.mark.parametrize("pruning", [("vtw", 0, 1.0), ("vtw", 2, 1.0), ("fastv", 1, 0.5)])
+def test_pruned_bundles_generate_the_reference_tokens(tmp_path, pruning):
+    """FastV/VTW bundles: layers keep shorter KV caches while attention_mask covers the full length
+    (VTW at layer 0 prunes every layer). Greedy tokens equal Hugging Face generate under the reference."""
+    from rlens.export import ExportConfig, bundle_from_plan
+    from rlens.models import load_model
+    from rlens.plan import Plan, TokenPruning
+    from rlens.reference import reduced
+
+    loaded = load_model("tiny-llava")
+    plan = Plan(model=loaded.info(), token_pruning=TokenPruning(pruning[0], pruning[1], pruning[2]))
+    bundle = bundle_from_plan(loaded, plan, tmp_path / "b", ExportConfig(verify=False))
+    with Session.from_bundle(bundle) as sess:
+        prompt = sess.prepare(sample_image(), PROMPT)
+        got = list(sess.generate_ids(prompt, 8))
+        eos = int(sess.manifest.eos_token_id)
+    with reduced(loaded.model, plan):
+        want = until_eos(hf_greedy(loaded, prompt, 8, eos), eos)
+    assert got == want

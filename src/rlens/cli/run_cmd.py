@@ -8,7 +8,8 @@ import sys
 
 def add_provider_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
-                   help="runtime backend (default onnxruntime; tensorrt is not in this build yet)")
+                   help="runtime backend: onnxruntime (default) or tensorrt (the engines of rlens build-engine, "
+                        "built on this GPU)")
     p.add_argument("--providers", default="cpu", metavar="LIST",
                    help="ONNX Runtime execution providers in priority order, comma separated: cpu, cuda, "
                         "tensorrt (or full names like CUDAExecutionProvider); CPU is always the fallback "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlens.engine.device import Target, current_target
+from rlens.targets import Target, current_target
 from rlens.engine.prepare import onnx_for_tensorrt
 from rlens.engine.profiles import ProfileShapes, decoder_profiles, vision_profile
 from rlens.errors import BundleError, InputError, RlensError

@@ -72,13 +72,14 @@ class Bench:
     def run(self, record: bool = True) -> None:
         sess, cfg = self.session, self.cfg
         t0 = time.perf_counter()
-        out = sess.decoder_step(self.embeds, self.positions, None, cfg.span)
+        out = sess.decoder_step(self.embeds, self.positions, None, cfg.span, past_len=0)
         t1 = time.perf_counter()
         nxt = pos_mod.next_position(self.positions)
         n = sess.manifest.num_layers
         for i in range(cfg.decode_tokens):
             past = [out[f"present.{j}.{t}"] for j in range(n) for t in ("key", "value")]
-            out = sess.decoder_step(self.step, pos_mod.step_positions(nxt + i, sess.mrope), past, (0, 0))
+            out = sess.decoder_step(self.step, pos_mod.step_positions(nxt + i, sess.mrope), past, (0, 0),
+                                    past_len=self.embeds.shape[1] + i)
         t2 = time.perf_counter()
         if record:
             self.prefill_s.append(t1 - t0)

@@ -184,7 +184,7 @@ class Session:
         ids_pos = pos_mod.prefill_positions(seq, prompt.tokens.span, prompt.pixels.grid if prompt.pixels else None,
                                             self.mrope)
         t1 = time.perf_counter()
-        out = self.decoder_step(self.embeddings(prompt), ids_pos, None, prompt.tokens.span)
+        out = self.decoder_step(self.embeddings(prompt), ids_pos, None, prompt.tokens.span, past_len=0)
         st.prefill_s = time.perf_counter() - t1
         position = pos_mod.next_position(ids_pos)
         eos = self._eos_ids()
@@ -201,17 +201,23 @@ class Session:
             emb = self.runners["embed_tokens"].infer({"input_ids": np.asarray([[tok]], dtype=np.int64)})
             past = [out[f"present.{j}.{t}"] for j in range(self.manifest.num_layers) for t in ("key", "value")]
             out = self.decoder_step(emb["inputs_embeds"].astype(self.float_dtype),
-                                    pos_mod.step_positions(position + i, self.mrope), past, (0, 0))
+                                    pos_mod.step_positions(position + i, self.mrope), past, (0, 0), past_len=seq + i)
             st.decode_s = time.perf_counter() - t_first
 
     def decoder_step(self, embeds: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray] | None,
-                     span: tuple[int, int]) -> dict[str, np.ndarray]:
-        """One decoder call: a prefill chunk (``past=None``) or decode step(s) on the KV cache."""
+                     span: tuple[int, int], past_len: int | None = None) -> dict[str, np.ndarray]:
+        """One decoder call: a prefill chunk (``past=None``) or decode step(s) on the KV cache.
+
+        ``past_len`` is the unpruned past length (tokens already seen): with FastV/VTW bundles the
+        layers' caches are shorter than that, and ``attention_mask`` always covers the full length.
+        """
         n = self.manifest.num_layers
         if past is None:
             empty = np.zeros(self.kv_shape, dtype=self.float_dtype)
             past = [empty] * (2 * n)
-        total = past[0].shape[2] + embeds.shape[1]
+        if past_len is None:
+            past_len = max(p.shape[2] for p in past)
+        total = past_len + embeds.shape[1]
         feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, total), dtype=np.int64),
                  "position_ids": position_ids, "visual_span": np.asarray(span, dtype=np.int64)}
         for j in range(n):

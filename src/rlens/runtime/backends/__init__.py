@@ -1,7 +1,7 @@
 """Backends: name -> runner class, imported lazily so a missing backend costs nothing.
 
-``tensorrt`` is a slot the TensorRT issue fills with ``rlens/runtime/backends/tensorrt.py``
-(a :class:`~rlens.runtime.backends.base.Backend` subclass named ``TensorRTBackend``).
+``onnxruntime`` (CPU, CUDA and TensorRT execution providers) and ``tensorrt`` (the engines
+``rlens build-engine`` wrote; TensorRT and polygraphy are imported when a runner activates).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Which GPU and TensorRT an engine is for, and the check that refuses a mismatch.
+"""Which GPU and TensorRT an engine is for, and the check that refuses a mismatch (shared by the
+engine builder and the runtime; imports tensorrt only when asked for the current target).
 
 Engines are built on the target and never move between GPUs or TensorRT versions (DESIGN §6).
 """

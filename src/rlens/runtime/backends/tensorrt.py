@@ -1,0 +1,106 @@
+"""TensorRT backend: runs the engines ``rlens build-engine`` wrote into ``bundle/engines/``.
+
+The runner for ``bundle/<graph>.onnx`` loads ``bundle/engines/<graph>.plan`` after checking, with
+the manifest's ``engines`` record, that it was built for this GPU and this TensorRT version.
+Plugin-mode bundles load ``librlens_trt_plugins.so`` first. Each call picks the optimization
+profile whose bounds hold the feed's shapes (decoder: prefill, then decode) and runs through
+polygraphy's ``TrtRunner``.
+
+Known limit of this version: inputs and outputs cross host memory on every call, the KV cache
+included (simple and exact; a device-resident cache is the next step). Never run in this
+workplace (no GPU, no TensorRT): see docs/jetson.md for the GPU tests to run on the target.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from rlens.runtime.backends.base import Backend, BackendError, TensorSpec
+
+
+def _import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+        from polygraphy.backend import trt as _  # noqa: F401
+    except ImportError as e:
+        raise BackendError(f"backend 'tensorrt' needs TensorRT and polygraphy ({e}); install them on the target "
+                           "(pip install 'rlens[tensorrt]' on x86, JetPack's python3-libnvinfer on Jetson)") from None
+    return trt
+
+
+class TensorRTBackend(Backend):
+    """Options: ``plugin_lib`` (path of librlens_trt_plugins.so; default: rlens.plugins.library_path())."""
+
+    name = "tensorrt"
+
+    def activate_impl(self) -> None:
+        trt = _import_tensorrt()
+        from polygraphy.backend.trt import TrtRunner
+
+        from rlens.targets import check_engine_record, current_target
+
+        bundle = self.path.parent
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        graph = next((g for g, v in manifest.get("graphs", {}).items() if v.get("files", [None])[0] == self.path.name),
+                     self.path.stem)
+        record = (manifest.get("engines") or {}).get(graph)
+        if record is None:
+            raise BackendError(f"{bundle} has no TensorRT engine for {graph}; build it on this GPU with "
+                               f"`rlens build-engine {bundle}`")
+        check_engine_record(record, current_target(), graph)
+        if manifest.get("attention") == "plugin":
+            self._load_plugin(trt)
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._engine = trt.Runtime(logger).deserialize_cuda_engine((bundle / record["file"]).read_bytes())
+        if self._engine is None:
+            raise BackendError(f"TensorRT could not deserialize {record['file']} (built by another version?)")
+        self._trt = trt
+        self._runner = TrtRunner(self._engine)
+        self._runner.activate()
+        self._profile = 0
+
+    def _load_plugin(self, trt: Any) -> None:
+        from rlens import plugins
+
+        path = self.options.get("plugin_lib") or plugins.library_path()
+        trt.get_plugin_registry().load_library(str(path))
+
+    def input_specs_impl(self) -> list[TensorSpec]:
+        trt, eng = self._trt, self._engine
+        specs = []
+        for i in range(eng.num_io_tensors):
+            name = eng.get_tensor_name(i)
+            if eng.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                shape = tuple(int(d) for d in eng.get_tensor_shape(name))
+                specs.append(TensorSpec(name, np.dtype(trt.nptype(eng.get_tensor_dtype(name))), shape))
+        return specs
+
+    def _pick_profile(self, feeds: dict[str, np.ndarray]) -> int:
+        for p in range(self._engine.num_optimization_profiles):
+            if all(self._fits(name, np.shape(v), p) for name, v in feeds.items()):
+                return p
+        shapes = {k: tuple(np.shape(v)) for k, v in feeds.items()}
+        raise BackendError(f"no optimization profile of {self.path.stem}'s engine holds these shapes {shapes}; "
+                           "rebuild with a larger --max-seq / --max-visual-tokens")
+
+    def _fits(self, name: str, shape: tuple[int, ...], profile: int) -> bool:
+        lo, _, hi = self._engine.get_tensor_profile_shape(name, profile)
+        return len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi))
+
+    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        profile = self._pick_profile(feeds)
+        if profile != self._profile:
+            self._runner.set_profile(profile)
+            self._profile = profile
+        out = self._runner.infer(feeds, copy_outputs_to_host=True)
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def deactivate_impl(self) -> None:
+        self._runner.deactivate()
+        del self._runner, self._engine
+
+    def extra(self) -> dict[str, Any]:
+        return {"tensorrt": self._trt.__version__}
