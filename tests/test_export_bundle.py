@@ -36,6 +36,9 @@ def test_bundle_every_preset(tmp_path, preset):
     assert dec["position_ids"]["shape"][0] == (3 if lm.family.rope_kind == "mrope" else "batch")
     assert [o["name"] for o in m["graphs"]["decoder"]["outputs"]][:2] == ["logits", "present.0.key"]
     assert list(tmp_path.iterdir()) == [out]  # no temporary folder left
+    assert m["visual_tokens"]["image_size"] == [int(x) for x in lm.preset.image_size]  # the traced sample size
+    want = lm.config.get_text_config().max_position_embeddings
+    assert isinstance(m["model"]["max_position_embeddings"], int) and m["model"]["max_position_embeddings"] == want
 
 
 def test_two_exports_are_byte_identical(tmp_path):
@@ -83,7 +86,9 @@ def test_reduced_bundle_weights_do_not_grow(tmp_path):
 
     def weights(folder):
         model = onnx.load(str(folder / "decoder.onnx"))
-        return sum(len(t.raw_data) for t in model.graph.initializer if len(t.raw_data) > 1024)
+        # every weight (all initializers but the small shared constants ``const_*``), inline or external
+        return sum(len(t.raw_data) or int(dict((e.key, e.value) for e in t.external_data).get("length", 0))
+                   for t in model.graph.initializer if not t.name.startswith("const_"))
 
     a, b = weights(full), weights(red)
     print("decoder weight bytes: unreduced", a, "reduced", b,

@@ -105,25 +105,59 @@ def test_plugin_mode_equals_portable():
     assert check_decoder(session(plug), lm, plan, geo, steps=1).max_abs_diff <= TOL
 
 
+def all_nodes(graph):
+    """Every node, If branches included."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.type == a.GRAPH:
+                yield from all_nodes(a.g)
+
+
 def test_node_names_are_hierarchical_and_unique():
     lm = load_model("tiny-llava")
     model = decoder_model(lm, plans(lm.info())["static"])
-    names = [n.name for n in model.graph.node]
+    names = [n.name for n in all_nodes(model.graph)]
     assert len(set(names)) == len(names)
-    assert any(n.startswith("/decoder/layers.0/attn/HollowAttention/visual/") for n in names)
+    assert any(n.startswith("/decoder/layers.0/attn/HollowAttention/visual_if/then/visual/") for n in names)
     assert any(n.startswith("/decoder/layers.3/mlp/") for n in names)
     assert all(n.startswith("/decoder/") for n in names)
+
+
+def weight_bytes(model):
+    """Bytes of the model's weights (initializers other than the small shared constants)."""
+    return sum(len(t.raw_data) for t in model.graph.initializer if not t.name.startswith("const_"))
 
 
 def test_static_ffn_weights_do_not_grow():
     lm = load_model("tiny-idefics3")
     ps = plans(lm.info())
-    def weight_bytes(m):
-        return sum(len(t.raw_data) for t in m.graph.initializer)
     full, red = decoder_model(lm, ps["none"]), decoder_model(lm, ps["static"])
-    big = lambda m: sorted(t.name for t in m.graph.initializer if len(t.raw_data) > 1024)  # noqa: E731
-    assert big(full) == big(red)
-    assert abs(weight_bytes(red) - weight_bytes(full)) < 4096  # only small index constants differ
+    assert weight_bytes(red) == weight_bytes(full)
+    names = {t.name for t in red.graph.initializer}
+    assert "layers.0.mlp.gate_proj.kept.weight_t" in names and "layers.0.mlp.gate_proj.rest.weight_t" in names
+    assert "layers.0.mlp.gate_proj.weight_t" not in names
+    weights = {t.name for t in red.graph.initializer if not t.name.startswith("const_")}
+    readers = {n.op_type for n in all_nodes(red.graph) if weights & set(n.input)}
+    assert "MatMul" in readers and readers <= {"MatMul", "Mul", "Add"}, readers  # no Slice/Gather of a weight
+    consumers = [i for n in all_nodes(red.graph) for i in n.input if i in weights]
+    assert len(consumers) == len(set(consumers))  # each weight read once (one prepacked copy in ORT)
+
+
+def test_decode_step_runs_no_visual_branch():
+    """Decode steps (visual_span (0, 0)) take the else branches: no block or probe ops run."""
+    lm = load_model("tiny-qwen2-vl")
+    for kind in ("static", "dynamic"):
+        model = decoder_model(lm, plans(lm.info())[kind])
+        ifs = [n for n in model.graph.node if n.op_type == "If"]
+        assert ifs and all("/visual_if" in n.name for n in ifs)
+        for n in ifs:
+            other = {a.name: a.g for a in n.attribute}["else_branch"]
+            ops = {m.op_type for m in all_nodes(other)}
+            assert not ops & {"TopK", "Pad", "Split", "GatherElements"}, (n.name, ops)
+        main = [m for m in model.graph.node]
+        assert not {m.op_type for m in main} & {"TopK", "Split", "GatherElements"}
+        assert not [m.name for m in main if "/visual/" in m.name or "/probe/" in m.name]
 
 
 def test_hollow_attention_really_skips_work():

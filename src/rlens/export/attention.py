@@ -49,10 +49,12 @@ def _t(b: GraphBuilder, x: str, rank: int) -> str:
     return b.op("Transpose", [x], perm=perm)
 
 
-def dense_attention(b: GraphBuilder, q5: str, k5: str, v5: str, allowed: str, scale: str) -> str:
-    """softmax(q k^T * scale | allowed) v with q5 [B,Hkv,G,R,D], k5/v5 [B,Hkv,1,T,D]."""
+def dense_attention(b: GraphBuilder, q5: str, k5: str, v5: str, allowed: str, scale: str | None) -> str:
+    """softmax(q k^T * scale | allowed) v with q5 [B,Hkv,G,R,D], k5/v5 [B,Hkv,1,T,D]
+    (``scale`` None: q is pre-scaled)."""
     scores = b.op("MatMul", [q5, _t(b, k5, 5)], label="qk")
-    scores = b.op("Mul", [scores, scale], label="scale")
+    if scale is not None:
+        scores = b.op("Mul", [scores, scale], label="scale")
     probs = masked_softmax(b, scores, allowed)
     return b.op("MatMul", [probs, v5], label="pv")
 
@@ -67,35 +69,57 @@ def causal_allowed(b: GraphBuilder, qpos: str, t_len: str, key_mask: str | None)
     return b.op("Unsqueeze", [allowed, b.const([0, 1])]) if key_mask is None else allowed
 
 
-def _shape_scalars(b: GraphBuilder, q: str, k: str, span: str) -> dict[str, str]:
+def _shape_scalars(b: GraphBuilder, q: str, k: str, span: str, length: str) -> dict[str, str]:
     d = {"S": b.scalar(b.dim(q, 2)), "T": b.scalar(b.dim(k, 2))}
     d["P"] = b.op("Sub", [d["T"], d["S"]], label="past_len")
     d["start"] = b.op("Gather", [span, b.const(0)], axis=0, label="span_start")
-    d["len"] = b.op("Gather", [span, b.const(1)], axis=0, label="span_length")
+    d["len"] = length
     d["end"] = b.op("Add", [d["start"], d["len"]], label="span_end")
     d["abs_start"] = b.op("Add", [d["P"], d["start"]], label="visual_abs_start")
     return d
 
 
-def hollow_attention(b: GraphBuilder, q: str, k: str, v: str, span: str, window: str, scale: str,
-                     key_mask: str | None = None) -> str:
+def hollow_attention(b: GraphBuilder, q: str, k: str, v: str, span: str, window: str, scale: str | None,
+                     key_mask: str | None = None, causal: str | None = None) -> str:
     """Hollow attention: q [B,Hq,S,D], k/v [B,Hkv,T,D] (RoPE applied, past included) ->
-    [B,Hq,S,D]. ``window`` int64 scalar, ``scale`` float scalar, ``key_mask`` optional bool
-    [B,1,1,1,T] (padding)."""
-    d = _shape_scalars(b, q, k, span)
-    q5 = group_queries(b, q, k)
-    k5 = b.op("Unsqueeze", [k, b.const([2])])
-    v5 = b.op("Unsqueeze", [v, b.const([2])])
-    with b.scope("text"):
-        text_out = _text_rows(b, q5, k5, v5, d, scale, key_mask)
-    with b.scope("visual"):
-        vis_out = _visual_blocks(b, q5, k5, v5, d, window, scale, key_mask)
-    with b.scope("merge"):
-        start1 = b.op("Unsqueeze", [d["start"], b.const([0])])
-        before = b.slice(text_out, b.const([0]), start1, 3)
-        after = b.slice(text_out, start1, b.const([2**62]), 3)
-        merged = b.op("Concat", [before, vis_out, after], axis=3)
-    return ungroup(b, merged)
+    [B,Hq,S,D]. ``window`` int64 scalar, ``scale`` float scalar (``None``: q is pre-scaled),
+    ``key_mask`` optional bool [B,1,1,1,T] (padding), ``causal`` optional bool [B|1,1,1,S,T]
+    (the ordinary causal mask, when the caller has it).
+
+    The text/visual split runs under ``If(span length > 0)``; without a visual span (decode
+    steps) the else branch is exactly the ordinary causal attention of an unreduced layer."""
+    length = b.op("Gather", [span, b.const(1)], axis=0, label="span_length")
+
+    def grouped(sb: GraphBuilder) -> tuple[str, str, str]:
+        return (group_queries(sb, q, k), sb.op("Unsqueeze", [k, sb.const([2])]),
+                sb.op("Unsqueeze", [v, sb.const([2])]))
+
+    def hollow(sb: GraphBuilder) -> list[str]:
+        d = _shape_scalars(sb, q, k, span, length)
+        q5, k5, v5 = grouped(sb)
+        with sb.scope("text"):
+            text_out = _text_rows(sb, q5, k5, v5, d, scale, key_mask)
+        with sb.scope("visual"):
+            vis_out = _visual_blocks(sb, q5, k5, v5, d, window, scale, key_mask)
+        with sb.scope("merge"):
+            start1 = sb.op("Unsqueeze", [d["start"], sb.const([0])])
+            before = sb.slice(text_out, sb.const([0]), start1, 3)
+            after = sb.slice(text_out, start1, sb.const([2**62]), 3)
+            merged = sb.op("Concat", [before, vis_out, after], axis=3)
+        return [ungroup(sb, merged)]
+
+    def dense(sb: GraphBuilder) -> list[str]:
+        q5, k5, v5 = grouped(sb)
+        allowed = causal
+        if allowed is None:
+            t_len = sb.dim(k, 2)
+            past = sb.op("Sub", [sb.scalar(t_len), sb.scalar(sb.dim(q, 2))], label="past_len")
+            qpos = sb.op("Range", [past, sb.scalar(t_len), sb.const(1)], label="query_positions")
+            allowed = causal_allowed(sb, qpos, t_len, key_mask)
+        return [ungroup(sb, dense_attention(sb, q5, k5, v5, allowed, scale))]
+
+    has_visual = b.op("Greater", [length, b.const(0)], label="has_visual")
+    return b.if_(has_visual, hollow, dense, [b.onnx_float], label="visual_if")[0]
 
 
 def _text_rows(b: GraphBuilder, q5: str, k5: str, v5: str, d: dict[str, str], scale: str,
@@ -123,15 +147,6 @@ def _blocks(b: GraphBuilder, x5: str, lo: str, n: str, front: str, back: str, nb
     return b.reshape(padded, shape)
 
 
-def _local_keys(b: GraphBuilder, x5: str, d: dict[str, str], nb: str, wb: str, padq: str) -> str:
-    """Keys/values of blocks b-1 and b for each visual block: [B,Hkv,1,nb,2Wb,D]."""
-    nb1 = b.op("Add", [nb, b.const(1)])
-    blocks = _blocks(b, x5, d["abs_start"], d["len"], wb, padq, nb1, wb)
-    prev = b.slice(blocks, b.const([0]), b.op("Unsqueeze", [nb, b.const([0])]), 3)
-    cur = b.slice(blocks, b.const([1]), b.op("Unsqueeze", [nb1, b.const([0])]), 3)
-    return b.op("Concat", [prev, cur], axis=4, label="local")
-
-
 def _local_allowed(b: GraphBuilder, nb: str, wb: str, window: str) -> str:
     """Bool [nb, Wb, 2Wb]: query r of block n sees local key c iff 0 <= Wb + r - c < W and the
     key is not before the span (block 0 has no previous block)."""
@@ -147,35 +162,45 @@ def _local_allowed(b: GraphBuilder, nb: str, wb: str, window: str) -> str:
 
 
 def _visual_blocks(b: GraphBuilder, q5: str, k5: str, v5: str, d: dict[str, str], window: str,
-                   scale: str, key_mask: str | None) -> str:
-    """Block-local attention for the visual queries: [B,Hkv,G,len,D]."""
+                   scale: str | None, key_mask: str | None) -> str:
+    """Block-local attention for the visual queries: [B,Hkv,G,len,D].
+
+    Each block's keys are [every key before the span, block b-1, block b] (copied per block:
+    Hkv x (a + 2Wb) x D values, far fewer than the Hq x Wb x (a + 2Wb) scores), so one MatMul
+    gives the scores, one Softmax normalizes them and one MatMul reads the values: no score
+    tensor is concatenated, scaled or split."""
     length = d["len"]
     wb = b.op("Max", [b.op("Min", [window, length]), b.const(1)], label="block")
     nb = b.op("Div", [b.op("Add", [length, b.op("Sub", [wb, b.const(1)])]), wb], label="num_blocks")
     padq = b.op("Sub", [b.op("Mul", [nb, wb]), length], label="tail_pad")
     qb = _blocks(b, q5, d["start"], length, b.const(0), padq, nb, wb)  # [B,Hkv,G,nb,Wb,D]
-    with b.scope("local"):
-        kl = _local_keys(b, k5, d, nb, wb, padq)
-        vl = _local_keys(b, v5, d, nb, wb, padq)
     a1 = b.op("Unsqueeze", [d["abs_start"], b.const([0])])
-    nb1, wb1 = (b.op("Unsqueeze", [x, b.const([0])]) for x in (nb, wb))
+    nb1 = b.op("Unsqueeze", [nb, b.const([0])])
+    with b.scope("keys"):
+        kb = _block_keys(b, k5, d, nb, wb, padq, a1, nb1)  # [B,Hkv,1,nb,a+2Wb,D]
+    with b.scope("values"):
+        vb = _block_keys(b, v5, d, nb, wb, padq, a1, nb1)
+    scores = b.op("MatMul", [qb, _t(b, kb, 6)], label="qk_local")  # [B,Hkv,G,nb,Wb,a+2Wb]
+    if scale is not None:
+        scores = b.op("Mul", [scores, scale], label="scale")
+    probs = masked_softmax(b, scores, _visual_allowed(b, key_mask, nb, wb, a1, window))
+    out = b.op("MatMul", [probs, vb], label="pv_local")  # [B,Hkv,G,nb,Wb,D]
     lead = [b.dim(q5, 0), b.dim(q5, 1), b.dim(q5, 2)]
-    flat_q = b.reshape(qb, b.vec(*lead, b.op("Mul", [nb1, wb1]), b.dim(q5, 4)))  # [B,Hkv,G,Lp,D]
-    kp = b.slice(k5, b.const([0]), a1, 3)  # [B,Hkv,1,a,D]: every key before the span
-    vp = b.slice(v5, b.const([0]), a1, 3)
-    s_pre = b.op("MatMul", [flat_q, _t(b, kp, 5)], label="qk_prefix")
-    s_pre = b.reshape(s_pre, b.vec(*lead, nb1, wb1, a1))
-    s_loc = b.op("MatMul", [qb, _t(b, kl, 6)], label="qk_local")
-    scores = b.op("Mul", [b.op("Concat", [s_pre, s_loc], axis=-1), scale], label="scale")
-    allowed = _visual_allowed(b, key_mask, nb, wb, a1, window)
-    probs = masked_softmax(b, scores, allowed)
-    sizes = b.op("Concat", [a1, b.op("Mul", [wb1, b.const([2])])], axis=0)
-    p_pre, p_loc = b.op("Split", [probs, sizes], n_out=2, axis=-1)
-    flat_shape = b.vec(*lead, b.op("Mul", [nb1, wb1]), b.dim(q5, 4))
-    o_pre = b.op("MatMul", [b.reshape(p_pre, b.vec(*lead, b.op("Mul", [nb1, wb1]), a1)), vp], label="pv_prefix")
-    o_loc = b.reshape(b.op("MatMul", [p_loc, vl], label="pv_local"), flat_shape)
-    flat = b.op("Add", [o_pre, o_loc])
+    flat = b.reshape(out, b.vec(*lead, b.const([-1]), b.dim(q5, 4)))
     return b.slice(flat, b.const([0]), b.op("Unsqueeze", [length, b.const([0])]), 3)
+
+
+def _block_keys(b: GraphBuilder, x5: str, d: dict[str, str], nb: str, wb: str, padq: str, a1: str,
+                nb1: str) -> str:
+    """[B,Hkv,1,nb,a+2Wb,D]: the a keys before the span, then the keys of blocks b-1 and b."""
+    pre = b.op("Unsqueeze", [b.slice(x5, b.const([0]), a1, 3), b.const([3])])  # [B,Hkv,1,1,a,D]
+    shape = b.vec(b.dim(x5, 0), b.dim(x5, 1), b.const([1]), nb1, a1, b.dim(x5, 4))
+    pre = b.op("Expand", [pre, shape], label="prefix")
+    nbp1 = b.op("Add", [nb, b.const(1)])
+    blocks = _blocks(b, x5, d["abs_start"], d["len"], wb, padq, nbp1, wb)
+    prev = b.slice(blocks, b.const([0]), nb1, 3)
+    cur = b.slice(blocks, b.const([1]), b.op("Unsqueeze", [nbp1, b.const([0])]), 3)
+    return b.op("Concat", [pre, prev, cur], axis=4, label="block_keys")
 
 
 def _visual_allowed(b: GraphBuilder, key_mask: str | None, nb: str, wb: str, a1: str, window: str) -> str:

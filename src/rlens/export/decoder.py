@@ -119,13 +119,18 @@ class _Shared:
     key_mask: str  # bool [B,1,1,1,T]
     causal: str  # bool [B,1,1,S,T]
     span: tuple[str, str]  # [1]-shaped start, end of the visual span in the chunk
+    rows: ffn_mod.RowMaps | None = None  # text/visual row maps of the chunk (reduced FFN)
     span_input: str = "visual_span"  # int64 [2] (start, length) as the layer sees it
 
 
-def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim: int) -> str:
-    y = b.op("MatMul", [x, b.weight(f"{name}.weight_t", _np(lin.weight).T.astype(b.np_float))], label="MatMul")
-    if lin.bias is not None:
-        y = b.op("Add", [y, b.weight(f"{name}.bias", _np(lin.bias).astype(b.np_float))], label="bias")
+def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim: int, scale: float = 1.0) -> str:
+    """x @ W^T + bias as [B, heads, S, head_dim]; ``scale`` is folded into W and bias (in fp32)."""
+    w, bias = _np(lin.weight), None if lin.bias is None else _np(lin.bias)
+    if scale != 1.0:
+        w, bias = w * np.float32(scale), None if bias is None else bias * np.float32(scale)
+    y = b.op("MatMul", [x, b.weight(f"{name}.weight_t", w.T.astype(b.np_float))], label="MatMul")
+    if bias is not None:
+        y = b.op("Add", [y, b.weight(f"{name}.bias", bias.astype(b.np_float))], label="bias")
     y = b.op("Reshape", [y, b.const([0, 0, heads, head_dim])])
     return b.op("Transpose", [y], perm=[0, 2, 1, 3])
 
@@ -133,8 +138,13 @@ def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim:
 def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None) -> str:
     geo, attn = ctx.geo, ctx.family.attention(ctx.layers[i])
     pre = f"layers.{i}.attn"
+    scale = float(attn.scaling)
+    hollow = lp is not None and lp.hollow_window is not None
+    # The attention scale is folded into q_proj (RoPE is linear), except for the plugin node,
+    # which takes unscaled q and its ``scale`` attribute.
+    folded = not (hollow and ctx.attention_mode == "plugin")
     with b.scope("q_proj"):
-        q = _project(b, x, attn.q_proj, f"{pre}.q_proj", geo.heads, geo.head_dim)
+        q = _project(b, x, attn.q_proj, f"{pre}.q_proj", geo.heads, geo.head_dim, scale if folded else 1.0)
     with b.scope("k_proj"):
         k = _project(b, x, attn.k_proj, f"{pre}.k_proj", geo.kv_heads, geo.head_dim)
     with b.scope("v_proj"):
@@ -146,17 +156,16 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
     v_all = b.op("Concat", [f"past_key_values.{i}.value", v], axis=2, label="concat_past_value")
     b.output(k_all, f"present.{i}.key")
     b.output(v_all, f"present.{i}.value")
-    scale = float(attn.scaling)
     tp = ctx.plan.token_pruning
     if tp is not None and tp.score_layer == i and tp.layer < geo.num_layers:
-        ctx.scores = tok.last_query_scores(b, q, k_all, b.fconst(scale), ctx.shared.key_mask)
-    if lp is not None and lp.hollow_window is not None:
+        ctx.scores = tok.last_query_scores(b, q, k_all, None if folded else b.fconst(scale), ctx.shared.key_mask)
+    if hollow:
         out = _hollow(b, ctx, q, k_all, v_all, lp.hollow_window, scale)
     else:
         q5 = att.group_queries(b, q, k_all)
         k5 = b.op("Unsqueeze", [k_all, b.const([2])])
         v5 = b.op("Unsqueeze", [v_all, b.const([2])])
-        out5 = att.dense_attention(b, q5, k5, v5, ctx.shared.causal, b.fconst(scale))
+        out5 = att.dense_attention(b, q5, k5, v5, ctx.shared.causal, None)
         out = att.ungroup(b, out5)
     out = b.op("Reshape", [b.op("Transpose", [out], perm=[0, 2, 1, 3]), b.const([0, 0, -1])])
     with b.scope("o_proj"):
@@ -175,9 +184,9 @@ def _hollow(b: GraphBuilder, ctx: _Ctx, q: str, k: str, v: str, window: int, sca
         attrs = make_node_attributes(window, geo.heads, geo.kv_heads, geo.head_dim, scale)
         return b.op(HOLLOW_ATTENTION.name, [q, k, v, ctx.shared.span_input], label=HOLLOW_ATTENTION.name,
                     domain=HOLLOW_ATTENTION.onnx_domain, **attrs)
-    with b.scope("HollowAttention"):
-        return att.hollow_attention(b, q, k, v, ctx.shared.span_input, b.const(window), b.fconst(scale),
-                                    ctx.shared.key_mask)
+    with b.scope("HollowAttention"):  # q is pre-scaled (folded into q_proj)
+        return att.hollow_attention(b, q, k, v, ctx.shared.span_input, b.const(window), None,
+                                    ctx.shared.key_mask, ctx.shared.causal)
 
 
 @dataclass
@@ -201,13 +210,28 @@ class _Ctx:
 def _ffn(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None) -> str:
     gate, up, down = (_np(m.weight) for m in ctx.family.ffn_linears(ctx.family.ffn(ctx.layers[i])))
     keep = None if lp is None else lp.ffn_keep
-    perm = None
+    prefix = f"layers.{i}.mlp"
     if keep is not None and ctx.plan.ffn_mode == "static":
-        perm = ffn_mod.static_permutation(lp.ffn_indices, gate.shape[0])
-    w = ffn_mod.add_ffn_weights(b, f"layers.{i}.mlp", gate, up, down, perm)
+        kept_units, rest_units = ffn_mod.static_split(lp.ffn_indices, gate.shape[0])
+        kept = ffn_mod.add_ffn_weights(b, prefix, gate, up, down, kept_units, ".kept")
+        rest = ffn_mod.add_ffn_weights(b, prefix, gate, up, down, rest_units, ".rest")
+        return ffn_mod.static_ffn(b, x, kept, rest, _rows(b, ctx))
+    w = ffn_mod.add_ffn_weights(b, prefix, gate, up, down)
     if keep is None:
         return ffn_mod.full_ffn(b, x, w)
-    return ffn_mod.reduced_ffn(b, x, w, ctx.shared.span, keep, ctx.plan.ffn_mode, ctx.plan.ffn_probes)
+    return ffn_mod.reduced_ffn(b, x, w, _rows(b, ctx), ctx.shared.span_input, keep, ctx.plan.ffn_probes)
+
+
+def _rows(b: GraphBuilder, ctx: _Ctx) -> ffn_mod.RowMaps:
+    assert ctx.shared.rows is not None  # built by _shared / _prune when a layer reduces its FFN
+    return ctx.shared.rows
+
+
+def _row_maps(b: GraphBuilder, ctx: _Ctx, start: str, end: str, seq: str) -> ffn_mod.RowMaps | None:
+    """Text/visual row maps of the chunk, once per span, when some layer reduces its FFN."""
+    if not any(lp.ffn_keep is not None for lp in ctx.plan.layers):
+        return None
+    return ffn_mod.row_maps(b, start, end, seq)
 
 
 def _layer(b: GraphBuilder, ctx: _Ctx, i: int, x32: str) -> str:
@@ -244,7 +268,8 @@ def _shared(b: GraphBuilder, ctx: _Ctx) -> _Shared:
     with b.scope("visual_span"):
         start = b.slice("visual_span", b.const([0]), b.const([1]), 0)
         end = b.op("Add", [start, b.slice("visual_span", b.const([1]), b.const([2]), 0)], label="end")
-    return _Shared(cos, sin, key_mask, causal, (start, end))
+        rows = _row_maps(b, ctx, start, end, s)
+    return _Shared(cos, sin, key_mask, causal, (start, end), rows)
 
 
 def _prune(b: GraphBuilder, ctx: _Ctx, x32: str) -> str:
@@ -264,7 +289,9 @@ def _prune(b: GraphBuilder, ctx: _Ctx, x32: str) -> str:
         qpos = b.op("Range", [b.scalar(b.op("Sub", [t, b.dim(rows, 1)])), b.scalar(t), b.const(1)])
         causal = att.causal_allowed(b, qpos, t, key_mask)
         span = b.op("Concat", [start, kept], axis=0, label="visual_span")
-        ctx.shared = _Shared(cos, sin, key_mask, causal, (start, b.op("Add", [start, kept])), span)
+        end = b.op("Add", [start, kept])
+        rows = _row_maps(b, ctx, start, end, b.dim(x32, 1))
+        ctx.shared = _Shared(cos, sin, key_mask, causal, (start, end), rows, span)
     return x32
 
 

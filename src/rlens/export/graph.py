@@ -8,6 +8,7 @@ into an ONNX local function body, where constants must be ``Constant`` nodes.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -97,6 +98,40 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
+    # ---- control flow ------------------------------------------------------------------------
+    def subgraph(self) -> GraphBuilder:
+        """A builder for an If branch: its own node list, the same names in use, the same scope;
+        constants and weights stay initializers of the main graph (read from the outer scope)."""
+        child = copy.copy(self)
+        child.nodes = []
+        child._scope = list(self._scope)
+        return child
+
+    def if_(self, cond: str, then_fn: Any, else_fn: Any, types: Sequence[int], label: str = "If") -> list[str]:
+        """An ``If`` node; ``then_fn(b)`` / ``else_fn(b)`` build a branch with the builder they get and
+        return its output names (as many as ``types``, the ONNX element types)."""
+        name = self.node_name(label)
+        branches = {}
+        with self.scope(name.rsplit("/", 1)[1]):
+            for tag, fn in (("then", then_fn), ("else", else_fn)):
+                with self.scope(tag):
+                    sub = self.subgraph()
+                    outs = list(fn(sub))
+                    if len(outs) != len(types):
+                        raise ValueError(f"{tag} branch gives {len(outs)} outputs, expected {len(types)}")
+                    names = []
+                    for i, o in enumerate(outs):
+                        names.append(f"{name}/{tag}/output_{i}")
+                        sub.nodes.append(helper.make_node("Identity", [o], [names[-1]],
+                                                          name=sub.node_name(f"output_{i}")))
+                    branches[tag] = helper.make_graph(
+                        sub.nodes, f"{name}/{tag}", [],
+                        [helper.make_tensor_value_info(n, t, None) for n, t in zip(names, types, strict=True)])
+        outs = [f"{name}/output_{i}" for i in range(len(types))]
+        self.nodes.append(helper.make_node("If", [cond], outs, name=name, then_branch=branches["then"],
+                                           else_branch=branches["else"]))
+        return outs
+
     # ---- helpers for common patterns ---------------------------------------------------------
     def dim(self, tensor: str, axis: int) -> str:
         """Scalar-shaped [1] int64 size of ``tensor`` along ``axis``."""
@@ -123,6 +158,12 @@ class FunctionBuilder(GraphBuilder):
 
     def __init__(self, root: str, dtype: str = "fp32") -> None:
         super().__init__(root, dtype)
+
+    def subgraph(self) -> GraphBuilder:
+        """Constants are nodes here, so a branch makes its own (not shared with other scopes)."""
+        child = super().subgraph()
+        child._consts = {}
+        return child
 
     def _make_const(self, arr: np.ndarray) -> str:
         return self.op("Constant", [], label="Constant", value=numpy_helper.from_array(arr))

@@ -24,13 +24,15 @@ PAST_DIM = "past_sequence_pruned"
 TOTAL_DIM = "total_sequence_pruned"
 
 
-def last_query_scores(b: GraphBuilder, q: str, k_all: str, scale: str, key_mask: str) -> str:
-    """Head-averaged last-row attention probabilities [B, T] (fp32)."""
+def last_query_scores(b: GraphBuilder, q: str, k_all: str, scale: str | None, key_mask: str) -> str:
+    """Head-averaged last-row attention probabilities [B, T] (fp32); ``scale`` None: q is pre-scaled."""
     with b.scope("fastv_score"):
         q_last = b.slice(q, b.const([-1]), b.const([2**62]), 2)
         q5 = att.group_queries(b, q_last, k_all)
         k5 = b.op("Unsqueeze", [k_all, b.const([2])])
-        s = b.op("Mul", [b.op("MatMul", [q5, att._t(b, k5, 5)], label="qk_last"), scale], label="scale")
+        s = b.op("MatMul", [q5, att._t(b, k5, 5)], label="qk_last")
+        if scale is not None:
+            s = b.op("Mul", [s, scale], label="scale")
         probs = att.masked_softmax(b, s, key_mask)  # [B,Hkv,G,1,T]
         if b.dtype == "fp16":
             probs = b.op("Cast", [probs], to=TensorProto.FLOAT)

@@ -60,8 +60,9 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig) ->
     emb = embed_model(loaded, config.opset, config.dtype)
     graphs["embed_tokens"] = {"files": save_onnx(emb, folder / "embed_tokens.onnx", config.external_data),
                               **_io_table(emb)}
-    visual_tokens = None
+    visual_tokens = image_size = None
     if config.vision:
+        image_size = sample_size(loaded)
         prepared = _prepare_sample(loaded, folder / "processor")
         visual_tokens = prepared.visual_span[1]
         inputs = vision_inputs(prepared.vision)
@@ -75,13 +76,19 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig) ->
         diffs["decoder"] = check_decoder(_session(folder / "decoder.onnx"), loaded, plan, geo, dtype=dt).max_abs_diff
         diffs["embed_tokens"] = _check_embed(loaded, folder / "embed_tokens.onnx")
         _enforce(diffs, config.max_abs_diff)
-    write_manifest(folder, _manifest(loaded, plan, config, graphs, diffs, visual_tokens))
+    write_manifest(folder, _manifest(loaded, plan, config, graphs, diffs, visual_tokens, image_size))
+
+
+def sample_size(loaded: Any) -> tuple[int, int]:
+    """(height, width) of the sample image the vision graph is traced with."""
+    h, w = loaded.preset.image_size if loaded.preset is not None else (224, 224)
+    return int(h), int(w)
 
 
 def _prepare_sample(loaded: Any, processor_dir: Path) -> Any:
     from rlens.processing import Processor
 
-    size = loaded.preset.image_size if loaded.preset is not None else (224, 224)
+    size = sample_size(loaded)
     return Processor(processor_dir, loaded.family, loaded.config).prepare(sample_image(size), "Describe the image.")
 
 
@@ -122,19 +129,22 @@ def _versions() -> dict[str, str]:
 
 
 def _manifest(loaded: Any, plan: Plan, config: ExportConfig, graphs: dict[str, Any], diffs: dict[str, float],
-              visual_tokens: int | None) -> dict[str, Any]:
+              visual_tokens: int | None, image_size: tuple[int, int] | None = None) -> dict[str, Any]:
     fam = loaded.family
     geo = geometry(loaded)
     cfg = loaded.config
+    max_pos = getattr(cfg.get_text_config(), "max_position_embeddings", None)
     return {
         "format": FORMAT, "version": VERSION,
         "family": fam.name, "architecture": fam.model_class, "source": loaded.source,
         "dtype": config.dtype, "attention": config.attention, "opset": config.opset,
         "model": {**fam.sizes(cfg), "rope_kind": fam.rope_kind,
-                  "mrope_section": list(geo.mrope_section) if geo.mrope_section else None},
+                  "mrope_section": list(geo.mrope_section) if geo.mrope_section else None,
+                  "max_position_embeddings": int(max_pos) if max_pos else None},
         "tokens": {"visual_token_ids": list(fam.visual_token_ids(cfg)),
                    "eos_token_id": _eos(cfg)},
-        "visual_tokens": {"per_image": visual_tokens, "rule": f"{fam.name}: Family.visual_tokens_from_pixels"},
+        "visual_tokens": {"per_image": visual_tokens, "rule": f"{fam.name}: Family.visual_tokens_from_pixels",
+                          "image_size": list(image_size) if image_size else None},
         "graphs": graphs,
         "plan": {"summary": plan.summary(), "ffn_mode": plan.ffn_mode, "ffn_probes": plan.ffn_probes,
                  "hollow_layers": [lp.index for lp in plan.layers if lp.hollow_window is not None],
