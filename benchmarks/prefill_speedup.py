@@ -3,7 +3,8 @@
 Model: the Qwen2-0.5B-shaped random Qwen2-VL of ``export_walltime.py`` (24 layers, hidden 896,
 FFN 4864, 14 q / 2 kv heads, vocab 151936, M-RoPE [8, 12, 12], tiny vision tower). Bundles:
 unreduced; reduced (12 of 24 layers: hollow attention W = 256, FFN keep rho = 0.2) with static
-FFN; the same with dynamic FFN. Exported with verification off (speed; the export tests verify
+FFN; the same with dynamic FFN; FastV alone (K = 2, R = 0.5); RedundancyLens (static FFN, layers
+taken in ranking order) + FastV (K = 2, R = 0.5) at a prefill FLOPs budget of 0.5. Exported with verification off (speed; the export tests verify
 the same code on the tiny presets). Decoder inputs are synthetic: 1024 visual + 64 text tokens.
 
 Prints analytic FLOPs ratio, measured prefill ratio, decode-time ratio, weight-memory ratio
@@ -29,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 TARGETS = {"prefill_over_flops": 1.10, "decode_time": 1.03, "weights": 1.02, "resident_weights": 1.02}
 
 
-def reduced_plan(loaded):
-    """(plan, how the 12 layers were chosen): calibration ranking if available, else the last 12."""
+def reduced_plan(loaded, proportion: float = 0.5):
+    """(plan, how the layers were chosen): calibration ranking if available, else the last 12."""
     from export_walltime import synthetic_plan
 
     try:
@@ -38,13 +39,28 @@ def reduced_plan(loaded):
     except ImportError as e:
         return synthetic_plan(loaded.info()), f"last 12 layers (rlens.calibrate not importable: {e})"
     try:
-        cfg = CalibrationConfig(ranking="fast", proportion=0.5, window=256, ffn_keep=0.2, ffn_mode="static",
+        cfg = CalibrationConfig(ranking="fast", proportion=proportion, window=256, ffn_keep=0.2, ffn_mode="static",
                                 max_samples=2, progress=False)
         plan, _ = plan_from_model(loaded, cfg)
         layers = [lp.index for lp in plan.layers]
         return plan, f"calibration ranking ({cfg.ranking}, {cfg.max_samples} built-in samples): layers {layers}"
     except Exception as e:  # calibration is another stage; the benchmark falls back and says so
         return synthetic_plan(loaded.info()), f"last 12 layers (calibration failed: {type(e).__name__}: {e})"
+
+
+def fastv_plans(loaded, visual: int, text: int) -> tuple:
+    """FastV alone (K=2, R=0.5) and RedundancyLens + FastV at a FLOPs budget of 0.5."""
+    from rlens.calibrate import with_token_pruning
+    from rlens.flops import Sizes, TokenLayout
+    from rlens.plan import TokenPruning, empty_plan
+
+    sizes = Sizes.from_family_sizes(loaded.family.sizes(loaded.config))
+    layout = TokenLayout(visual=visual, text_after=text - text // 4, text_before=text // 4)
+    fastv = TokenPruning("fastv", 2, 0.5)
+    alone = with_token_pruning(empty_plan(loaded.info()), fastv, sizes, layout)
+    everything, _ = reduced_plan(loaded, proportion=1.0)
+    combined = with_token_pruning(everything, fastv, sizes, layout, budget=0.5)
+    return alone, combined
 
 
 def eager_prefill_s(loaded, visual: int, text: int, repeat: int) -> float:
@@ -70,13 +86,11 @@ def eager_prefill_s(loaded, visual: int, text: int, repeat: int) -> float:
     return statistics.median(times)
 
 
-def export_bundles(loaded, plan, tmp: Path) -> dict[str, Path]:
+def export_bundles(loaded, plans: dict, tmp: Path) -> dict[str, Path]:
     from rlens.export import ExportConfig, bundle_from_plan
-    from rlens.plan import empty_plan
 
     out = {}
-    for name, p, mode in (("full", empty_plan(loaded.info()), None), ("reduced-static", plan, "static"),
-                          ("reduced-dynamic", plan, "dynamic")):
+    for name, (p, mode) in plans.items():
         if (tmp / name / "manifest.json").is_file():  # --keep DIR of an earlier run: reuse
             out[name] = tmp / name
             print(f"reusing {out[name]}", file=sys.stderr)
@@ -102,15 +116,21 @@ def main() -> int:
 
     torch.set_num_threads(torch.get_num_threads())
     loaded = build_loaded()
+    from rlens.plan import empty_plan
+
     plan, chosen = reduced_plan(loaded)
     print(f"reduced layers: {chosen}", file=sys.stderr)
     cfg = BenchConfig(visual_tokens=args.visual_tokens, text_tokens=args.text_tokens, repeat=args.repeat)
+    fastv, combined = fastv_plans(loaded, cfg.visual_tokens, cfg.text_tokens)
+    plans = {"full": (empty_plan(loaded.info()), None), "reduced-static": (plan, "static"),
+             "reduced-dynamic": (plan, "dynamic"), "fastv": (fastv, None), "rl+fastv": (combined, "static")}
+    chosen += f"; rl+fastv: {combined.summary()} + FastV K=2 R=0.5"
     eager = eager_prefill_s(loaded, cfg.visual_tokens, cfg.text_tokens, min(3, args.repeat))
     with tempfile.TemporaryDirectory() as tmp:
-        bundles = export_bundles(loaded, plan, Path(args.keep or tmp))
+        bundles = export_bundles(loaded, plans, Path(args.keep or tmp))
         del loaded
         results = {name: bench(bundles[name], bundles["full"], cfg, providers=("cpu",))
-                   for name in ("reduced-static", "reduced-dynamic")}
+                   for name in plans if name != "full"}
     report = {"model": "qwen2-0.5b-shaped Qwen2-VL (random weights)", "layers_chosen": chosen,
               "export": "verification off (speed)", "provider": "ONNX Runtime CPUExecutionProvider fp32",
               "layout": results["reduced-static"]["layout"], "note": results["reduced-static"]["note"],
