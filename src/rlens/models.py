@@ -87,15 +87,19 @@ def load_config(spec: str, *, trust_remote_code: bool = False) -> tuple[Any, typ
         raise ModelError(
             f"MODEL {spec!r} is neither a preset ({', '.join(_preset_names())}) nor a directory with config.json"
         )
+    config = _auto_config(path, trust_remote_code)
+    return config, family_for_config(config)
+
+
+def _auto_config(path: Path, trust_remote_code: bool) -> Any:
     import transformers
 
     try:
-        config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        return transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise ModelError(f"{path} needs remote code; pass --trust-remote-code if you trust it") from None
         raise ModelError(f"cannot read {path}/config.json: {e}") from None
-    return config, family_for_config(config)
 
 
 def _load_directory(path: Path, trust_remote_code: bool, dtype: str) -> LoadedModel:
@@ -104,12 +108,7 @@ def _load_directory(path: Path, trust_remote_code: bool, dtype: str) -> LoadedMo
 
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} has no config.json (expected a save_pretrained directory)")
-    try:
-        config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except ValueError as e:
-        if "trust_remote_code" in str(e):
-            raise ModelError(f"{path} needs remote code; pass --trust-remote-code if you trust it") from None
-        raise ModelError(f"cannot read {path}/config.json: {e}") from None
+    config = _auto_config(path, trust_remote_code)
     fam = family_for_config(config)
     if not any(p.suffix == ".safetensors" for p in path.iterdir()):
         raise ModelError(f"{path} has no .safetensors weights; rlens does not load pickled weights")

@@ -5,13 +5,13 @@ Torch-free and export-free: the runtime reads what ``rlens export`` wrote (docs/
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rlens.errors import BundleError
+from rlens.fileio import sha256_file
 
 FORMAT = "rlens.bundle"
 SUPPORTED_VERSIONS = (1,)
@@ -82,14 +82,6 @@ class Manifest:
         return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
 def read_manifest(folder: str | Path, *, check_hashes: bool = True) -> Manifest:
     """Parse and check ``folder/manifest.json``; every problem is one :class:`BundleError`."""
     folder = Path(folder)
@@ -131,7 +123,7 @@ def check_files(manifest: Manifest, *, hashes: bool = True) -> None:
     if not hashes:
         return
     for name, want in sorted(files.items()):
-        got = _sha256(manifest.folder / name)
+        got = sha256_file(manifest.folder / name)
         if got != want:
             raise BundleError(f"bundle {manifest.folder}: {name} does not match its sha256 in manifest.json "
                               "(modified or damaged); re-export the bundle")
