@@ -124,7 +124,7 @@ def main() -> int:
     fastv, combined = fastv_plans(loaded, cfg.visual_tokens, cfg.text_tokens)
     plans = {"full": (empty_plan(loaded.info()), None), "reduced-static": (plan, "static"),
              "reduced-dynamic": (plan, "dynamic"), "fastv": (fastv, None), "rl+fastv": (combined, "static")}
-    chosen += f"; rl+fastv: {combined.summary()} + FastV K=2 R=0.5"
+    chosen += f"; rl+fastv: {combined.summary()}"
     eager = eager_prefill_s(loaded, cfg.visual_tokens, cfg.text_tokens, min(3, args.repeat))
     with tempfile.TemporaryDirectory() as tmp:
         bundles = export_bundles(loaded, plans, Path(args.keep or tmp))
