@@ -214,3 +214,37 @@ def test_pruned_bundles_generate_the_reference_tokens(tmp_path, pruning):
     with reduced(loaded.model, plan):
         want = until_eos(hf_greedy(loaded, prompt, 8, eos), eos)
     assert got == want
+
+
+def test_runner_checks_device_resident_inputs_without_copying_them():
+    """Values that stay on a device (the TensorRT backend's KV cache) are checked by shape, rank and
+    dtype as they are; __array__ (a device-to-host copy) is never called."""
+    from rlens.runtime.backends.base import Backend, TensorSpec
+
+    class OnDevice:
+        shape, ndim, dtype = (1, 2, 5, 4), 4, np.dtype(np.float32)
+
+        def __array__(self, *a, **k):
+            raise AssertionError("copied to the host")
+
+    class Fake(Backend):
+        name = "fake"
+
+        def activate_impl(self):
+            pass
+
+        def input_specs_impl(self):
+            return [TensorSpec("past", np.dtype(np.float32), (1, 2, "past", 4))]
+
+        def infer_impl(self, feeds):
+            return {"ok": np.ones(1)}
+
+        def deactivate_impl(self):
+            pass
+
+    with Fake("graph.onnx") as runner:
+        assert runner.infer({"past": OnDevice()})["ok"][0] == 1
+        bad = OnDevice()
+        bad.dtype = np.dtype(np.float16)
+        with pytest.raises(InputError, match="dtype float16"):
+            runner.infer({"past": bad})

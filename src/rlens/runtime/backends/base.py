@@ -99,7 +99,12 @@ class Backend:
         if missing or extra:
             raise InputError(f"{self.path.name}: missing inputs {missing}, unexpected inputs {extra}")
         for name, spec in self._inputs.items():
-            spec.check(np.asarray(feeds[name]), self.path.name)
+            value = feeds[name]
+            # Arrays that stay on a device (e.g. the TensorRT backend's KV cache) carry shape,
+            # ndim and a numpy dtype: checked as they are, never copied to the host.
+            if not all(hasattr(value, a) for a in ("shape", "ndim", "dtype")):
+                value = np.asarray(value)
+            spec.check(value, self.path.name)
 
     # ---- what a backend implements -------------------------------------------------------------
     def activate_impl(self) -> None:

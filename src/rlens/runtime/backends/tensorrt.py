@@ -6,9 +6,12 @@ Plugin-mode bundles load ``librlens_trt_plugins.so`` first. Each call picks the 
 profile whose bounds hold the feed's shapes (decoder: prefill, then decode) and runs through
 polygraphy's ``TrtRunner``.
 
-Known limit of this version: inputs and outputs cross host memory on every call, the KV cache
-included (simple and exact; a device-resident cache is the next step). Never run in this
-workplace (no GPU, no TensorRT): see docs/jetson.md for the GPU tests to run on the target.
+The KV cache stays on the GPU: ``present.*`` outputs are copied device-to-device into two
+alternating buffers per output (the runner reuses its own output memory on the next call, which
+also reads the previous step's cache) and handed to the session as :class:`DeviceTensor`s, which
+it feeds back as ``past_key_values.*``; only ``logits`` (and the vision/embedding outputs) come
+to the host. Never run in this workplace (no GPU, no TensorRT): docs/jetson.md lists the GPU
+tests to run on the target.
 """
 
 from __future__ import annotations
@@ -19,6 +22,23 @@ from typing import Any
 import numpy as np
 
 from rlens.runtime.backends.base import Backend, BackendError, TensorSpec
+
+
+class DeviceTensor:
+    """A tensor that stays in GPU memory between calls: shape, numpy dtype and the device view."""
+
+    def __init__(self, view: Any, dtype: np.dtype) -> None:
+        self.view = view
+        self.shape = tuple(int(d) for d in view.shape)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self.view.numpy()
+        return arr if dtype is None else arr.astype(dtype)
 
 
 def _import_tensorrt() -> Any:
@@ -61,6 +81,8 @@ class TensorRTBackend(Backend):
         self._runner = TrtRunner(self._engine)
         self._runner.activate()
         self._profile = 0
+        self._step = 0
+        self._kv: dict[str, list[Any]] = {}
 
     def _load_plugin(self, trt: Any) -> None:
         from rlens import plugins
@@ -90,16 +112,39 @@ class TensorRTBackend(Backend):
         lo, _, hi = self._engine.get_tensor_profile_shape(name, profile)
         return len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi))
 
-    def infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_impl(self, feeds: dict[str, Any]) -> dict[str, Any]:
         profile = self._pick_profile(feeds)
         if profile != self._profile:
             self._runner.set_profile(profile)
             self._profile = profile
-        out = self._runner.infer(feeds, copy_outputs_to_host=True)
-        return {k: np.asarray(v) for k, v in out.items()}
+        device_feeds = {k: v.view if isinstance(v, DeviceTensor) else v for k, v in feeds.items()}
+        out = self._runner.infer(device_feeds, copy_outputs_to_host=False)
+        self._step += 1
+        result = {}
+        for name, view in out.items():
+            if name.startswith("present."):
+                result[name] = self._keep_on_device(name, view)
+            else:
+                result[name] = view.numpy() if hasattr(view, "numpy") else np.asarray(view)
+        return result
+
+    def _keep_on_device(self, name: str, view: Any) -> DeviceTensor:
+        """Copy ``view`` into this step's buffer of ``name`` (the other one holds the cache the
+        call just read), device to device."""
+        from polygraphy import cuda
+
+        buffers = self._kv.setdefault(name, [cuda.DeviceArray(dtype=view.dtype), cuda.DeviceArray(dtype=view.dtype)])
+        dst = buffers[self._step % 2].resize(tuple(view.shape))
+        cuda.wrapper().memcpy(dst=dst.ptr, src=view.ptr, nbytes=view.nbytes, kind=cuda.MemcpyKind.DeviceToDevice)
+        dtype = self._trt.nptype(self._engine.get_tensor_dtype(name))
+        return DeviceTensor(dst.view(), dtype)
 
     def deactivate_impl(self) -> None:
         self._runner.deactivate()
+        for buffers in self._kv.values():
+            for b in buffers:
+                b.free()
+        self._kv.clear()
         del self._runner, self._engine
 
     def extra(self) -> dict[str, Any]:
