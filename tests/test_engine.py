@@ -192,3 +192,11 @@ def test_hollow_prefill_is_faster_than_full_on_tensorrt(tmp_path):
         for r in runners.values():
             r.deactivate()
     assert np.median(times["hollow"]) < np.median(times["full"])
+
+
+def test_visual_span_has_value_bounds_for_tensorrt_shape_tensors(plugin_bundle):
+    manifest = json.loads((plugin_bundle / "manifest.json").read_text())
+    prefill, decode = decoder_profiles(manifest, max_seq=512, max_visual=256)
+    lo, opt, hi = prefill.values["visual_span"]
+    assert lo == (0, 0) and opt[1] == 256 and hi == (512, 512)
+    assert decode.values["visual_span"] == ((0, 0), (0, 0), (0, 0))

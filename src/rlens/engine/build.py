@@ -106,11 +106,17 @@ def _load_plugin(trt: Any, plugin_lib: str | None) -> None:
 def _build_one(trt: Any, onnx_path: Path, profiles: list[ProfileShapes], out: Path, config: EngineConfig) -> None:
     from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path, save_engine
 
-    network = network_from_onnx_path(str(onnx_path), strongly_typed=True)
+    network = network_from_onnx_path(str(onnx_path), strongly_typed=True)  # (builder, network, parser)
+    inputs = [network[1].get_input(i) for i in range(network[1].num_inputs)]
+    shape_tensors = {t.name for t in inputs if t.is_shape_tensor}
     trt_profiles = []
     for p in profiles:
         prof = Profile()
         for name, (lo, opt, hi) in p.shapes.items():
+            if name in shape_tensors:  # bounds on the values, not the dims
+                if not p.values or name not in p.values:
+                    raise BundleError(f"TensorRT treats {name} as a shape tensor and rlens has no value bounds for it")
+                lo, opt, hi = p.values[name]
             prof.add(name, min=lo, opt=opt, max=hi)
         trt_profiles.append(prof)
     create = CreateConfig(

@@ -20,6 +20,9 @@ Shape = tuple[int, ...]
 class ProfileShapes:
     name: str
     shapes: dict[str, tuple[Shape, Shape, Shape]]  # input -> (min, opt, max)
+    #: value bounds for inputs TensorRT may treat as shape tensors (``visual_span`` feeds Slice
+    #: bounds): used instead of ``shapes`` when the parsed network marks the input as one.
+    values: dict[str, tuple[Shape, Shape, Shape]] | None = None
 
 
 def _dims(io: dict[str, Any], values: dict[str, tuple[int, int, int]]) -> tuple[Shape, Shape, Shape]:
@@ -49,7 +52,9 @@ def decoder_profiles(manifest: dict[str, Any], max_seq: int, max_visual: int) ->
     # Layers after FastV/VTW pruning keep a shorter KV cache (docs/token_pruning.md): same bounds.
     prefill.update(past_sequence_pruned=(0, 0, 0), total_sequence_pruned=prefill["total_sequence"])
     decode.update(past_sequence_pruned=(1, opt_prefill, max_seq - 1), total_sequence_pruned=decode["total_sequence"])
-    return [ProfileShapes(name, {io["name"]: _dims(io, vals) for io in inputs})
+    span_values = {"prefill": ((0, 0), (min(16, max_seq - max_visual), max_visual), (max_seq, max_seq)),
+                   "decode": ((0, 0), (0, 0), (0, 0))}
+    return [ProfileShapes(name, {io["name"]: _dims(io, vals) for io in inputs}, {"visual_span": span_values[name]})
             for name, vals in (("prefill", prefill), ("decode", decode))]
 
 
