@@ -197,8 +197,8 @@ def test_sampler_top_p_keeps_the_nucleus():
 
 @pytest.mark.parametrize("pruning", [("vtw", 0, 1.0), ("vtw", 2, 1.0), ("fastv", 1, 0.5)])
 def test_pruned_bundles_generate_the_reference_tokens(tmp_path, pruning):
-    """FastV/VTW bundles: layers keep shorter KV caches while attention_mask covers the full length
-    (VTW at layer 0 prunes every layer). Greedy tokens equal Hugging Face generate under the reference."""
+    """FastV/VTW bundles (pruned layers keep shorter KV caches): greedy tokens equal Hugging Face
+    generate under the reference."""
     from rlens.export import ExportConfig, bundle_from_plan
     from rlens.models import load_model
     from rlens.plan import Plan, TokenPruning
@@ -248,3 +248,18 @@ def test_runner_checks_device_resident_inputs_without_copying_them():
         bad.dtype = np.dtype(np.float16)
         with pytest.raises(InputError, match="dtype float16"):
             runner.infer({"past": bad})
+
+
+def test_decode_attention_mask_covers_the_unpruned_length(qwen_bundle):
+    """With token pruning, layer caches are shorter than the tokens seen: the mask the decoder gets
+    must cover every token seen (past_len), whatever the first layer's cache length."""
+    with Session.from_bundle(qwen_bundle) as sess:
+        seen = {}
+        runner = sess.runners["decoder"]
+        runner.infer = lambda feeds, **kw: seen.update(feeds) or {}  # capture only: no real pruned graph here
+        n, (_, h, _, d) = sess.manifest.num_layers, sess.kv_shape
+        past = [np.zeros((1, h, 7 if i < 2 else 20, d), sess.float_dtype) for i in range(2 * n)]
+        embeds = np.zeros((1, 1, sess.manifest.model["hidden_size"]), sess.float_dtype)
+        pos = np.full((3, 1, 1), 30, np.int64) if sess.mrope else np.full((1, 1), 30, np.int64)
+        sess.decoder_step(embeds, pos, past, (0, 0), past_len=25)
+    assert seen["attention_mask"].shape == (1, 26)

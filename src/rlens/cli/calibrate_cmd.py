@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rlens.cli import add_model_argument
+
 
 def _rounds(value: str) -> int | str:
     if value == "plan":
@@ -94,13 +96,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "calibrate", help="rank the decoder layers by redundancy and write plan.json",
         description="Run MODEL on calibration samples, rank its decoder layers from most to least redundant "
                     "(DESIGN §3.3), pick static FFN units, and write plan.json plus plan.report.png beside it.")
-    p.add_argument("model", metavar="MODEL", help="preset name (e.g. tiny-qwen2-vl) or save_pretrained directory")
+    add_model_argument(p)
     p.add_argument("--out", required=True, metavar="PLAN", help="plan.json to write (atomically)")
     p.add_argument("--ffn-mode", choices=("static", "dynamic"), default="static",
                    help="static: FFN units fixed at calibration (default); dynamic: picked per input by probes")
     add_calibration_flags(p)
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow custom model code from a local directory (off by default)")
     p.set_defaults(func=run)
 
 

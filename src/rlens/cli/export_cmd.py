@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rlens.cli import add_model_argument
+
 
 def add_export_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``rlens export`` and ``rlens-export``."""
@@ -22,8 +24,6 @@ def add_export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=None, metavar="T",
                    help="max abs diff allowed at verification (default 1e-4 fp32, 5e-2 fp16)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow custom model code from a local directory (off by default)")
 
 
 def export_config(args: argparse.Namespace):
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Export MODEL to an rlens bundle (DESIGN §5): vision.onnx, embed_tokens.onnx, decoder.onnx "
                     "with KV cache and the plan's reductions, processor files and manifest.json. Written to a "
                     "temporary folder beside --out and renamed into place only after verification.")
-    p.add_argument("model", metavar="MODEL", help="preset name (e.g. tiny-qwen2-vl) or save_pretrained directory")
+    add_model_argument(p)
     p.add_argument("--plan", metavar="P", help="plan.json to apply (omit to export the unreduced model)")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to create")
     add_export_flags(p)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from rlens.cli import add_model_argument
 from rlens.cli.calibrate_cmd import _fastv
 from rlens.flops import Sizes, TokenLayout, layer_layout, plan_flops
 
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Show the family, layer count and sizes of MODEL and the per-layer and total prefill "
         "FLOPs, exact and in FastV's convention, for the unreduced model or under --plan.",
     )
-    p.add_argument("model", metavar="MODEL", help="preset name (e.g. tiny-qwen2-vl) or save_pretrained directory")
+    add_model_argument(p)
     p.add_argument("--plan", metavar="P", help="plan.json to account for (checked against the model)")
     p.add_argument("--visual-tokens", type=int, default=256, metavar="N",
                    help="visual tokens in the prefill (default 256: one InternVL tile)")
@@ -30,8 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vtw", type=int, default=None, metavar="K",
                    help="add VTW token pruning (layers K.. see no visual token) to the accounting")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow custom model code from a local directory (off by default)")
     p.set_defaults(func=run)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlens.cli.calibrate_cmd import add_calibration_flags, calibration_config, calibrate
+from rlens.cli import add_model_argument
+from rlens.cli.calibrate_cmd import add_calibration_flags, calibrate, calibration_config
 from rlens.cli.export_cmd import add_export_flags, export_config, write_bundle
 
 
@@ -14,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rlens-export",
         description="One build step: calibrate MODEL (or take --plan), export the reduced bundle to BUNDLE "
                     "(verified against the PyTorch reference), and with --engine build its TensorRT engines.")
-    p.add_argument("model", metavar="MODEL", help="preset name (e.g. tiny-qwen2-vl) or save_pretrained directory")
+    add_model_argument(p)
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder to create")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--plan", metavar="P", help="use this plan.json instead of calibrating")

@@ -3,7 +3,6 @@ polygraphy's loaders, written atomically to ``bundle/engines/`` and recorded in 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from rlens.targets import Target, current_target
 from rlens.engine.prepare import onnx_for_tensorrt
 from rlens.engine.profiles import ProfileShapes, decoder_profiles, vision_profile
 from rlens.errors import BundleError, InputError, RlensError
+from rlens.runtime.manifest import read_manifest
 
 
 class TensorRTUnavailable(RlensError):
@@ -48,21 +48,10 @@ def import_tensorrt() -> Any:
     return trt
 
 
-def read_manifest(bundle: Path) -> dict[str, Any]:
-    path = bundle / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise BundleError(f"{bundle} is not an rlens bundle ({path.name}: {e})") from None
-    if manifest.get("format") != "rlens.bundle" or manifest.get("version") != 1:
-        raise BundleError(f"{path} is not an rlens bundle v1 manifest")
-    return manifest
-
-
 def engine_from_bundle(bundle: str | os.PathLike[str], config: EngineConfig) -> dict[str, Any]:
     """Build every graph's engine; return the manifest's new ``engines`` record."""
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle, check_hashes=True).raw
     trt = import_tensorrt()
     if manifest.get("attention") == "plugin":
         _load_plugin(trt, config.plugin_lib)

@@ -14,6 +14,7 @@ import numpy as np
 
 from rlens.export.decoder import DecoderGeometry
 from rlens.plan import Plan
+from rlens.runtime.positions import prefill_positions
 
 
 @dataclass
@@ -38,23 +39,9 @@ class Comparison:
 
 
 def positions(geo: DecoderGeometry, batch: int, past: int, seq: int, span: tuple[int, int]) -> np.ndarray:
-    """Plausible position ids: 1-D positions, or M-RoPE (t, h, w) with a 2-D grid on the span."""
-    base = np.arange(past, past + seq, dtype=np.int64)
-    if not geo.mrope_section:
-        return np.broadcast_to(base, (batch, seq)).copy()
-    pos = np.stack([base, base, base])
-    start, length = span
-    if length:
-        side = max(1, int(np.ceil(np.sqrt(length))))
-        grid = np.arange(length)
-        a = past + start
-        pos[0, start:start + length] = a
-        pos[1, start:start + length] = a + grid // side
-        pos[2, start:start + length] = a + grid % side
-        after = pos[:, start + length:]
-        shift = pos[:, :start + length].max() + 1 - (past + start + length)
-        pos[:, start + length:] = after + shift
-    return np.broadcast_to(pos[:, None, :], (3, batch, seq)).copy()
+    """The runtime's position ids (M-RoPE with a synthetic grid on the span), shifted by ``past``."""
+    pos = prefill_positions(seq, span, None, bool(geo.mrope_section)) + past
+    return np.broadcast_to(pos, (*pos.shape[:-2], batch, seq)).copy()
 
 
 def sample(geo: DecoderGeometry, seed: int, batch: int, seq: int, span: tuple[int, int],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlens.errors import ModelError
 from rlens.families import register
 from rlens.families.base import Family, merged_patches
 
@@ -35,4 +36,6 @@ class LlavaNext(Llava):
 
     @classmethod
     def visual_tokens_per_image(cls, config: Any, image_size: tuple[int, int] | None = None) -> int:
-        raise ValueError("LLaVA-NeXT's visual token count depends on the image; ask the processor")
+        raise ModelError("LLaVA-NeXT (anyres) images are not prepared by rlens v1: its visual token count depends "
+                         "on each image's size and tiles; the decoder-side reductions and calibration on "
+                         "precomputed inputs work")

@@ -29,8 +29,7 @@ def backend_class(name: str) -> type[Backend]:
     except ModuleNotFoundError as e:
         if e.name != module:
             raise BackendError(f"backend {name!r} needs the Python package {e.name!r}, which is not installed") from None
-        hint = " (for TensorRT now, use backend 'onnxruntime' with providers=('tensorrt',))" if name == "tensorrt" else ""
-        raise BackendError(f"backend {name!r} is not available in this build of rlens{hint}") from None
+        raise BackendError(f"backend {name!r} is not available in this build of rlens") from None
     return getattr(mod, cls)
 
 

@@ -16,12 +16,12 @@ tests to run on the target.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 
 from rlens.runtime.backends.base import Backend, BackendError, TensorSpec
+from rlens.runtime.manifest import read_manifest
 
 
 class DeviceTensor:
@@ -63,7 +63,7 @@ class TensorRTBackend(Backend):
         from rlens.targets import check_engine_record, current_target
 
         bundle = self.path.parent
-        manifest = json.loads((bundle / "manifest.json").read_text())
+        manifest = read_manifest(bundle, check_hashes=False).raw  # Session already checked the hashes
         graph = next((g for g, v in manifest.get("graphs", {}).items() if v.get("files", [None])[0] == self.path.name),
                      self.path.stem)
         record = (manifest.get("engines") or {}).get(graph)
