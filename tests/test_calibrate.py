@@ -15,6 +15,7 @@ from rlens.calibrate import (CalibrationConfig, builtin_calibration_set, format_
 from rlens.calibrate.api import PlanBuilder, static_ffn_indices
 from rlens.calibrate.data import encode_samples
 from rlens.calibrate.driver import Driver
+from rlens.calibrate.rankings import checkpoint_layers
 from rlens.errors import InputError
 from rlens.models import load_model
 from rlens.plan import load_plan, plan_from_dict
@@ -370,3 +371,52 @@ def test_cache_device_option_gives_the_same_ranking():
     _, a = plan_from_model(loaded, CalibrationConfig(ranking="fast", **FAST), _samples(2))
     _, b = plan_from_model(loaded, CalibrationConfig(ranking="fast", cache_device="cpu", **FAST), _samples(2))
     assert a.rankings["both"].sensitivity == b.rankings["both"].sensitivity
+
+
+# ---- greedy's checkpoints ---------------------------------------------------------------------
+def _deep(name: str, layers: int):
+    """A preset with more decoder layers (greedy's checkpoints matter with depth)."""
+    import dataclasses
+
+    from rlens.families import family_for_config
+    from rlens.models import LoadedModel
+    from rlens.presets import build_model, get_preset
+
+    preset = get_preset(name)
+    config = dict(preset.config, text_config=dict(preset.config["text_config"], num_hidden_layers=layers))
+    model = build_model(dataclasses.replace(preset, config=config))
+    return LoadedModel(model=model, family=family_for_config(model.config), source=name, preset=preset)
+
+
+def test_checkpoint_layers_fit_the_budget():
+    assert checkpoint_layers(8, 10, 1e9) == frozenset(range(1, 8))  # sum 28 states
+    assert checkpoint_layers(8, 10, 280) == frozenset(range(1, 8))
+    assert checkpoint_layers(8, 10, 279) == frozenset({2, 4, 6})  # sum 12
+    assert checkpoint_layers(8, 10, 119) == frozenset({3, 6})
+    assert checkpoint_layers(8, 10, 69) == frozenset({4})
+    assert checkpoint_layers(8, 10, 39) == frozenset()
+    assert checkpoint_layers(8, 10, 0) == frozenset()
+
+
+def test_greedy_checkpoints_change_the_cost_not_the_ranking():
+    """Candidates resuming from their checkpoints reach exactly what resuming from their own layer
+    (budget 0) and what a run from layer 0 give, for fewer layer evaluations."""
+    loaded, samples = _deep("tiny-llava", 10), _samples(2)
+    state = sum(e.length for e in encode_samples(loaded, samples)) * 64 * 4  # bytes of one layer input
+    assert checkpoint_layers(10, state, 20 * state) == frozenset({2, 4, 6, 8})
+    runs = {}
+    for label, gib in (("none", 0.0), ("strided", 20 * state / 2**30), ("all", 4.0)):
+        _, report = plan_from_model(loaded, CalibrationConfig(ranking="greedy", greedy_cache_gib=gib, **FAST),
+                                    samples)
+        runs[label] = report.rankings["both"]
+    none, strided, every = runs["none"], runs["strided"], runs["all"]
+    assert every.order == strided.order == none.order and every.steps == strided.steps == none.steps
+    assert every.layer_evals < strided.layer_evals < none.layer_evals
+    driver = _driver(loaded, samples)
+    builder = PlanBuilder(loaded.info(), CalibrationConfig(**FAST))
+    builder.static_indices = static_ffn_indices(driver, builder.keep)
+    for k in range(1, 11):
+        prefix = every.order[:k]
+        assert driver.divergence(builder.plan(prefix, prefix)) == pytest.approx(every.steps[k - 1], abs=1e-7)
+    with pytest.raises(InputError, match="--greedy-cache"):
+        CalibrationConfig(greedy_cache_gib=-1.0)

@@ -100,6 +100,13 @@ def test_calibrate_writes_a_valid_plan_and_report(tmp_path):
     assert (tmp_path / "plans" / "plan.report.png").stat().st_size > 1000
 
 
+def test_calibrate_negative_greedy_cache_is_one_line(tmp_path):
+    out = tmp_path / "plan.json"
+    r = _rlens("calibrate", "tiny-llava", "--out", str(out), "--greedy-cache", "-1")
+    assert r.returncode == 2 and "--greedy-cache must be >= 0 GiB" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
 def test_calibrate_bad_data_names_the_line_and_writes_nothing(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text('{"image": "missing.png", "prompt": "hi"}\n')

@@ -63,7 +63,8 @@ def plan_from_encoded(model: Any, family: type[Family], info: ModelInfo, encoded
     builder.static_indices = static_ffn_indices(driver, builder.keep)
     capture_s = time.perf_counter() - t0
     rounds = chosen if config.greedy_rounds == "plan" else config.greedy_rounds
-    results = {kind: rank(config.ranking, driver, builder.candidates(kind), kind, rounds)
+    results = {kind: rank(config.ranking, driver, builder.candidates(kind), kind, rounds,
+                          config.greedy_cache_gib * 2**30)
                for kind in config.kinds}
     plan = builder.final(results, chosen)
     plan_div = driver.divergence(plan)

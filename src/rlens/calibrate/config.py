@@ -42,6 +42,9 @@ class CalibrationConfig:
     #: greedy only: stop after this many rounds (the rest of the order follows fast's); "plan":
     #: as many as the plan reduces (same plan as the full greedy, cheaper); None: all L rounds.
     greedy_rounds: int | str | None = None
+    #: greedy only: memory (GiB, on ``cache_device``) for candidates' checkpoints, which let a
+    #: candidate resume after the layers its last run already computed; 0: none (slower, same result).
+    greedy_cache_gib: float = 4.0
     #: token pruning (docs/token_pruning.md): FastV (first pruned layer K, dropped share R) ...
     fastv: tuple[int, float] | None = None
     #: ... or VTW: "auto" (first layer >= vtw_min_layer with mean KL <= vtw_eta) or a layer K.
@@ -71,6 +74,8 @@ class CalibrationConfig:
                 not isinstance(self.greedy_rounds, int) or self.greedy_rounds < 1):
             raise InputError(
                 f"--greedy-rounds must be a positive integer or 'plan', got {self.greedy_rounds!r}")
+        if not self.greedy_cache_gib >= 0.0:
+            raise InputError(f"--greedy-cache must be >= 0 GiB, got {self.greedy_cache_gib}")
         self._check_pruning()
         for name in ("visual_tokens", "text_tokens"):
             value = getattr(self, name)

@@ -33,7 +33,8 @@ class _StopForward(Exception):
 
 @dataclass
 class Group:
-    """Samples of one shape, batched: ``hidden[l]`` enters layer l (``hidden[L]``: last output)."""
+    """Samples of one shape, batched: ``hidden[l]`` enters layer l (``hidden[L]``: the full
+    model's last output, read once after the capture pass)."""
 
     hidden: list[torch.Tensor]
     kwargs: list[dict[str, Any]]
@@ -172,14 +173,19 @@ class Driver:
         return torch.log_softmax(self.head(rows).float(), dim=-1)
 
     @torch.no_grad()
-    def run(self, group: Group, start: int, keep_hidden: bool = False) -> torch.Tensor:
-        """Layers ``start .. L-1`` on the cached input of ``start``; returns the last output."""
-        h = group.hidden[start].to(self.compute_device)
+    def run(self, group: Group, start: int, keep_hidden: bool = False, entry: torch.Tensor | None = None,
+            record: frozenset[int] = frozenset(), saved: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Layers ``start .. L-1`` on the cached input of ``start`` (or on ``entry``); returns the
+        last output. ``keep_hidden`` stores every layer's input in the cache; ``record`` names
+        layers whose inputs go into ``saved`` instead."""
+        h = (group.hidden[start] if entry is None else entry).to(self.compute_device)
         for i in range(start, self.num_layers):
             h = self.layers[i](h, **group.kwargs[i])
             h = h[0] if isinstance(h, tuple) else h
             if keep_hidden:
                 group.hidden[i + 1] = self._to_cache(h)
+            elif saved is not None and i + 1 in record:
+                saved[i + 1] = self._to_cache(h)
         return h
 
     def ensure_full_cache(self) -> None:
@@ -191,26 +197,52 @@ class Driver:
             self.layer_evals += self.num_layers
             self.dirty = False
 
-    @torch.no_grad()
     def divergence(self, plan: Plan, start: int = 0, keep_hidden: bool = False) -> float:
         """Mean over samples of the mean ``KL(P_full || P_reduced)`` at their target positions,
         with ``plan`` applied; layers before ``start`` must be unchanged from the cache.
 
         ``keep_hidden`` makes the run's hidden states the new cache (commit ``plan``)."""
+        return self.divergence_from(plan, start, keep_hidden=keep_hidden)[0]
+
+    @torch.no_grad()
+    def divergence_from(self, plan: Plan, start: int, entries: list[torch.Tensor] | None = None,
+                        record: frozenset[int] = frozenset(), keep_hidden: bool = False,
+                        ) -> tuple[float, dict[int, list[torch.Tensor]]]:
+        """:meth:`divergence`, optionally starting from ``entries`` (one input of layer ``start``
+        per group, computed with ``plan``'s layers before ``start``) instead of the cache, and
+        returning the inputs of the layers in ``record`` (per group) as this run computed them."""
+        if record and plan.token_pruning is not None:
+            raise ValueError("layer inputs after token pruning cannot be resumed from")
         total = 0.0
-        start = min(start, pruning_start(plan))
+        if entries is None or pruning_start(plan) < start:
+            start, entries = min(start, pruning_start(plan)), None
+        states: dict[int, list[torch.Tensor]] = {k: [] for k in record if start < k < self.num_layers}
         with reduced(self.model, plan, self.family) as state:
-            for g in self.groups:
+            for gi, g in enumerate(self.groups):
                 state.visual_span = g.visual_span
-                out = self.run(g, start, keep_hidden)
+                saved: dict[int, torch.Tensor] = {}
+                out = self.run(g, start, keep_hidden, None if entries is None else entries[gi],
+                               frozenset(states), saved)
+                for k, v in saved.items():
+                    states[k].append(v)
                 logp = self._log_probs(out, _rows(state, g.positions, g.visual_span))
                 ref = g.ref_logp.to(logp.device)
                 kl = (ref.exp() * (ref - logp)).sum(-1).mean(-1)  # [B]
                 total += float(kl.sum())
         self.layer_evals += self.num_layers - start
         self.dirty = self.dirty or keep_hidden
-        return total / self.samples
+        return total / self.samples, states
 
+    def commit(self, states: dict[int, list[torch.Tensor]]) -> None:
+        """Make ``states`` (layer inputs per group, from :meth:`divergence_from`) the cache's."""
+        for k, per_group in states.items():
+            for g, h in zip(self.groups, per_group):
+                g.hidden[k] = h
+        self.dirty = True
+
+    def state_bytes(self) -> int:
+        """Bytes of one layer input over the whole calibration set."""
+        return sum(g.hidden[0].numel() * g.hidden[0].element_size() for g in self.groups)
 
     @torch.no_grad()
     def withdrawal_divergence(self, layer: int) -> float:

@@ -42,6 +42,10 @@ def add_calibration_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--greedy-rounds", type=_rounds, default=None, metavar="N|plan",
                    help="stop greedy after N rounds, or after the rounds the plan needs ('plan'); the rest of "
                         "the order then follows the fast ranking (default: all rounds)")
+    p.add_argument("--greedy-cache", type=float, default=4.0, metavar="GIB",
+                   help="memory for greedy's per-candidate checkpoints (layer inputs a candidate resumes from "
+                        "in the next round; on the cache device); less memory -> more layer evaluations, same "
+                        "ranking; 0 turns them off (default 4)")
     p.add_argument("--max-samples", type=int, default=None, metavar="N", help="use at most N calibration samples")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in set and of sampling (default 0)")
     p.add_argument("--visual-tokens", type=int, default=None, metavar="N",
@@ -87,7 +91,8 @@ def calibration_config(args: argparse.Namespace, ffn_mode: str):
         ranking=args.ranking, ffn_mode=ffn_mode, window=args.window, ffn_keep=args.ffn_keep, probes=args.probes,
         budget=args.budget, proportion=args.proportion, separate=args.separate, max_samples=args.max_samples,
         seed=args.seed, visual_tokens=args.visual_tokens, text_tokens=args.text_tokens,
-        greedy_rounds=args.greedy_rounds, fastv=getattr(args, "fastv", None), vtw=getattr(args, "vtw", None),
+        greedy_rounds=args.greedy_rounds, greedy_cache_gib=args.greedy_cache,
+        fastv=getattr(args, "fastv", None), vtw=getattr(args, "vtw", None),
         vtw_eta=getattr(args, "vtw_eta", 0.003), vtw_min_layer=getattr(args, "vtw_min_layer", 5))
 
 
