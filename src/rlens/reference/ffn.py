@@ -65,10 +65,9 @@ class ProbeFFN(nn.Module):
         return top_k_lower_index_first(probe_scores(h_visual[:, probes]), self.keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.inner(x)
         start, length = self.span()
         if length == 0:
-            return out
+            return self.inner(x)
         xv = x[:, start:start + length]
         h = self.hidden(xv)
         kept = self.select(h)  # [B, K]
@@ -76,6 +75,10 @@ class ProbeFFN(nn.Module):
         # offload hooks, which act on module calls, see every weight access). The dropped
         # units contribute exact zeros: the result is W_down[:, S] h[S] (+ bias).
         mask = torch.zeros_like(h).scatter_(-1, kept[:, None, :].expand(-1, h.shape[1], -1), 1.0)
-        out = out.clone()
-        out[:, start:start + length] = self.down(h * mask).to(out.dtype)
-        return out
+        visual = self.down(h * mask)
+        if length == x.shape[1]:
+            return visual
+        # The FFN is row-wise: the text rows alone through the full FFN (the visual rows' full
+        # FFN would be thrown away).
+        text = self.inner(torch.cat([x[:, :start], x[:, start + length:]], dim=1))
+        return torch.cat([text[:, :start], visual.to(text.dtype), text[:, start:]], dim=1)
