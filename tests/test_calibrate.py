@@ -12,7 +12,7 @@ import torch
 
 from rlens.calibrate import (CalibrationConfig, builtin_calibration_set, format_table, load_calibration_data,
                              plan_from_model, write_report)
-from rlens.calibrate.api import PlanBuilder, static_ffn_indices
+from rlens.calibrate.api import PlanBuilder, fixed_token_pruning, static_ffn_indices
 from rlens.calibrate.data import encode_samples
 from rlens.calibrate.driver import Driver
 from rlens.calibrate.rankings import checkpoint_layers
@@ -56,12 +56,12 @@ def test_driver_reproduces_hf_logits(name):
     for g, enc in zip(driver.groups, encoded):
         with torch.no_grad():
             ref = loaded.model(**enc.inputs).logits
-            out = driver.head(driver.run(g, 0))
+            out = driver.head(driver.run(g, 0)[0])
             assert (out - ref).abs().max().item() < 1e-5
             with reduced(loaded.model, plan, loaded.family) as state:
                 ref_red = loaded.model(**enc.inputs).logits
                 state.visual_span = g.visual_span
-                out_red = driver.head(driver.run(g, 0))
+                out_red = driver.head(driver.run(g, 0)[0])
         assert (ref_red - ref).abs().max().item() > 1e-4  # the plan changes something
         assert (out_red - ref_red).abs().max().item() < 1e-5
 
@@ -398,22 +398,25 @@ def test_checkpoint_layers_fit_the_budget():
     assert checkpoint_layers(8, 10, 0) == frozenset()
 
 
-def test_greedy_checkpoints_change_the_cost_not_the_ranking():
+@pytest.mark.parametrize("fastv", [None, (6, 0.5)])
+def test_greedy_checkpoints_change_the_cost_not_the_ranking(fastv):
     """Candidates resuming from their checkpoints reach exactly what resuming from their own layer
-    (budget 0) and what a run from layer 0 give, for fewer layer evaluations."""
+    (budget 0) and what a run from layer 0 give, for fewer layer evaluations; with FastV only the
+    inputs up to its score layer are kept."""
     loaded, samples = _deep("tiny-llava", 10), _samples(2)
-    state = sum(e.length for e in encode_samples(loaded, samples)) * 64 * 4  # bytes of one layer input
+    driver = _driver(loaded, samples)
+    state = driver.state_bytes()
     assert checkpoint_layers(10, state, 20 * state) == frozenset({2, 4, 6, 8})
     runs = {}
     for label, gib in (("none", 0.0), ("strided", 20 * state / 2**30), ("all", 4.0)):
-        _, report = plan_from_model(loaded, CalibrationConfig(ranking="greedy", greedy_cache_gib=gib, **FAST),
-                                    samples)
+        cfg = CalibrationConfig(ranking="greedy", greedy_cache_gib=gib, fastv=fastv, **FAST)
+        _, report = plan_from_model(loaded, cfg, samples)
         runs[label] = report.rankings["both"]
     none, strided, every = runs["none"], runs["strided"], runs["all"]
     assert every.order == strided.order == none.order and every.steps == strided.steps == none.steps
     assert every.layer_evals < strided.layer_evals < none.layer_evals
-    driver = _driver(loaded, samples)
-    builder = PlanBuilder(loaded.info(), CalibrationConfig(**FAST))
+    builder = PlanBuilder(loaded.info(), CalibrationConfig(fastv=fastv, **FAST))
+    builder.pruning = fixed_token_pruning(builder.config, 10)
     builder.static_indices = static_ffn_indices(driver, builder.keep)
     for k in range(1, 11):
         prefix = every.order[:k]

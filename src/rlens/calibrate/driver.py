@@ -173,56 +173,54 @@ class Driver:
         return torch.log_softmax(self.head(rows).float(), dim=-1)
 
     @torch.no_grad()
-    def run(self, group: Group, start: int, keep_hidden: bool = False, entry: torch.Tensor | None = None,
-            record: frozenset[int] = frozenset(), saved: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """Layers ``start .. L-1`` on the cached input of ``start`` (or on ``entry``); returns the
-        last output. ``keep_hidden`` stores every layer's input in the cache; ``record`` names
-        layers whose inputs go into ``saved`` instead."""
+    def run(self, group: Group, start: int, entry: torch.Tensor | None = None,
+            record: frozenset[int] = frozenset()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Layers ``start .. L-1`` on the cached input of ``start`` (or on ``entry``). Returns the
+        last output and the inputs of the layers in ``record`` as this run computed them."""
         h = (group.hidden[start] if entry is None else entry).to(self.compute_device)
+        saved: dict[int, torch.Tensor] = {}
         for i in range(start, self.num_layers):
             h = self.layers[i](h, **group.kwargs[i])
             h = h[0] if isinstance(h, tuple) else h
-            if keep_hidden:
-                group.hidden[i + 1] = self._to_cache(h)
-            elif saved is not None and i + 1 in record:
+            if i + 1 in record:
                 saved[i + 1] = self._to_cache(h)
-        return h
+        return h, saved
 
     def ensure_full_cache(self) -> None:
         """Make ``hidden`` the full model's again if a ranking committed reductions into it."""
         if self.dirty:
+            inputs = frozenset(range(1, self.num_layers))
             with torch.no_grad():
                 for g in self.groups:
-                    self.run(g, 0, keep_hidden=True)
+                    _, saved = self.run(g, 0, record=inputs)
+                    g.hidden[1:self.num_layers] = [saved[k] for k in range(1, self.num_layers)]
             self.layer_evals += self.num_layers
             self.dirty = False
 
-    def divergence(self, plan: Plan, start: int = 0, keep_hidden: bool = False) -> float:
+    def divergence(self, plan: Plan, start: int = 0) -> float:
         """Mean over samples of the mean ``KL(P_full || P_reduced)`` at their target positions,
-        with ``plan`` applied; layers before ``start`` must be unchanged from the cache.
-
-        ``keep_hidden`` makes the run's hidden states the new cache (commit ``plan``)."""
-        return self.divergence_from(plan, start, keep_hidden=keep_hidden)[0]
+        with ``plan`` applied; layers before ``start`` must be unchanged from the cache."""
+        return self.divergence_from(plan, start)[0]
 
     @torch.no_grad()
     def divergence_from(self, plan: Plan, start: int, entries: list[torch.Tensor] | None = None,
-                        record: frozenset[int] = frozenset(), keep_hidden: bool = False,
-                        ) -> tuple[float, dict[int, list[torch.Tensor]]]:
+                        record: frozenset[int] = frozenset()) -> tuple[float, dict[int, list[torch.Tensor]]]:
         """:meth:`divergence`, optionally starting from ``entries`` (one input of layer ``start``
         per group, computed with ``plan``'s layers before ``start``) instead of the cache, and
-        returning the inputs of the layers in ``record`` (per group) as this run computed them."""
-        if record and plan.token_pruning is not None:
-            raise ValueError("layer inputs after token pruning cannot be resumed from")
+        returning the inputs of the layers in ``record`` (per group) as this run computed them
+        (for :meth:`commit`, or to resume from later) — only those up to ``pruning_start(plan)``:
+        later inputs are pruned (shorter) and no run starts after it."""
+        limit = pruning_start(plan)
+        if entries is not None and start > limit:
+            raise ValueError(f"cannot resume at layer {start}: token pruning runs from layer {limit}")
+        start = min(start, limit)
+        keep = frozenset(k for k in record if start < k < self.num_layers and k <= limit)
+        states: dict[int, list[torch.Tensor]] = {k: [] for k in keep}
         total = 0.0
-        if entries is None or pruning_start(plan) < start:
-            start, entries = min(start, pruning_start(plan)), None
-        states: dict[int, list[torch.Tensor]] = {k: [] for k in record if start < k < self.num_layers}
         with reduced(self.model, plan, self.family) as state:
             for gi, g in enumerate(self.groups):
                 state.visual_span = g.visual_span
-                saved: dict[int, torch.Tensor] = {}
-                out = self.run(g, start, keep_hidden, None if entries is None else entries[gi],
-                               frozenset(states), saved)
+                out, saved = self.run(g, start, None if entries is None else entries[gi], keep)
                 for k, v in saved.items():
                     states[k].append(v)
                 logp = self._log_probs(out, _rows(state, g.positions, g.visual_span))
@@ -230,7 +228,6 @@ class Driver:
                 kl = (ref.exp() * (ref - logp)).sum(-1).mean(-1)  # [B]
                 total += float(kl.sum())
         self.layer_evals += self.num_layers - start
-        self.dirty = self.dirty or keep_hidden
         return total / self.samples, states
 
     def commit(self, states: dict[int, list[torch.Tensor]]) -> None:
@@ -256,7 +253,7 @@ class Driver:
             for g in self.groups:
                 state.visual_span = g.visual_span
                 last = last_prompt_position(g.positions, g.hidden[0].shape[1])
-                out = self.run(g, layer)
+                out, _ = self.run(g, layer)
                 logp = self._log_probs(out, _rows(state, last, g.visual_span))
                 full = g.ref_logp[:, (g.positions == last[0]).nonzero()[0]].to(logp.device)
                 total += float((logp.exp() * (logp - full)).sum(-1).sum())

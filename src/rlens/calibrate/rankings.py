@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from rlens.calibrate.driver import Driver
+from rlens.calibrate.driver import Driver, pruning_start
 from rlens.plan import Plan
 
 MakePlan = Callable[[Sequence[int]], Plan]
@@ -58,10 +58,6 @@ class RankResult:
 # else every s-th layer; with budget 0 candidates resume from their own layer only. Results are
 # the same either way (tested): only the number of layer evaluations changes.
 
-#: default memory for greedy's checkpoints (``--greedy-cache``), in GiB.
-DEFAULT_CACHE_GIB = 4.0
-
-
 def checkpoint_layers(num_layers: int, state_bytes: int, budget_bytes: float) -> frozenset[int]:
     """The layers whose inputs candidates keep: every layer when the worst case (round one:
     ``k`` candidates keep layer ``k``'s input) fits ``budget_bytes``, else every s-th layer for the
@@ -73,10 +69,11 @@ def checkpoint_layers(num_layers: int, state_bytes: int, budget_bytes: float) ->
     return frozenset()
 
 
-def rank_greedy(driver: Driver, make_plan: MakePlan, kind: str = "both", rounds: int | None = None,
-                cache_bytes: float = DEFAULT_CACHE_GIB * 2**30) -> RankResult:
+def rank_greedy(driver: Driver, make_plan: MakePlan, kind: str, rounds: int | None,
+                cache_bytes: float) -> RankResult:
     """Start from no reduced layer; each round add the layer whose reduction (on top of the
-    committed ones) gives the smallest divergence (ties: lower index).
+    committed ones) gives the smallest divergence (ties: lower index). ``cache_bytes``: the
+    checkpoints' memory budget (:func:`checkpoint_layers`).
 
     ``rounds`` < L stops early: the order's first ``rounds`` layers are greedy's (so is any plan
     reducing at most that many), the rest follow in fast order (round one's divergences) and
@@ -85,8 +82,7 @@ def rank_greedy(driver: Driver, make_plan: MakePlan, kind: str = "both", rounds:
     driver.ensure_full_cache()
     L = driver.num_layers
     rounds = L if rounds is None else max(1, min(rounds, L))
-    pruned = make_plan([]).token_pruning is not None  # inputs after pruning cannot be resumed from
-    keep = frozenset() if pruned else checkpoint_layers(L, driver.state_bytes(), cache_bytes)
+    keep = checkpoint_layers(L, driver.state_bytes(), cache_bytes)
     saved: dict[int, dict[int, list[torch.Tensor]]] = {i: {} for i in range(L)}  # candidate -> layer -> inputs
     committed: list[int] = []
     steps: list[float] = []
@@ -122,11 +118,12 @@ def rank_greedy(driver: Driver, make_plan: MakePlan, kind: str = "both", rounds:
 
 
 def _commit(driver: Driver, plan: Plan, winner: int, states: dict[int, list[torch.Tensor]]) -> None:
-    """The winner's checkpoints become the cache when they cover every later layer; else rerun."""
-    if all(k in states for k in range(winner + 1, driver.num_layers)):
-        driver.commit(states)
-    else:
-        driver.divergence(plan, start=winner, keep_hidden=True)
+    """The winner's checkpoints become the cache; a run from the winner on fills in what strided
+    checkpoints left out."""
+    later = frozenset(range(winner + 1, min(driver.num_layers, pruning_start(plan) + 1)))
+    if not later <= states.keys():
+        _, states = driver.divergence_from(plan, winner, record=later)
+    driver.commit(states)
 
 
 def rank_fast(driver: Driver, make_plan: MakePlan, kind: str = "both") -> RankResult:
@@ -157,8 +154,9 @@ def rank_stats(driver: Driver, kind: str = "both") -> RankResult:
                       time.perf_counter() - t0)
 
 
-def rank(method: str, driver: Driver, make_plan: MakePlan, kind: str,
-         rounds: int | None = None, cache_bytes: float = DEFAULT_CACHE_GIB * 2**30) -> RankResult:
+def rank(method: str, driver: Driver, make_plan: MakePlan, kind: str, rounds: int | None,
+         cache_bytes: float) -> RankResult:
+    """``rounds`` and ``cache_bytes`` (greedy only): see :func:`rank_greedy`."""
     if method == "greedy":
         return rank_greedy(driver, make_plan, kind, rounds, cache_bytes)
     if method == "fast":
