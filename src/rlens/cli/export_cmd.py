@@ -10,9 +10,11 @@ from rlens.cli import add_model_argument
 
 def add_export_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by ``rlens export`` and ``rlens-export``."""
-    p.add_argument("--attention", choices=("portable", "plugin"), default="portable",
-                   help="hollow layers as standard ONNX ops (portable, default) or HollowAttention plugin nodes "
-                        "with an ONNX function body (plugin)")
+    from rlens.attention_modes import ATTENTION_MODES, DEFAULT_ATTENTION_MODE
+
+    modes = "; ".join(f"{m.name}: {m.help}" for m in ATTENTION_MODES.values())
+    p.add_argument("--attention", choices=tuple(ATTENTION_MODES), default=DEFAULT_ATTENTION_MODE,
+                   help=f"how hollow layers are exported ({modes}) (default {DEFAULT_ATTENTION_MODE})")
     p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                    help="graph precision; fp16 keeps norms, softmax and residual sums in fp32 (default fp32)")
     p.add_argument("--ffn-mode", choices=("static", "dynamic"), default=None,

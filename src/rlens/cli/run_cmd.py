@@ -7,7 +7,9 @@ import sys
 
 
 def add_provider_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
+    from rlens.runtime.backends import BACKENDS
+
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="onnxruntime",
                    help="runtime backend: onnxruntime (default) or tensorrt (the engines of rlens build-engine, "
                         "built on this GPU)")
     p.add_argument("--providers", default="cpu", metavar="LIST",

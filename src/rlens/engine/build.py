@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlens.attention_modes import needs_plugin
 from rlens.targets import Target, current_target
 from rlens.engine.prepare import onnx_for_tensorrt
 from rlens.engine.profiles import ProfileShapes, decoder_profiles, vision_profile
@@ -53,7 +54,7 @@ def engine_from_bundle(bundle: str | os.PathLike[str], config: EngineConfig) -> 
     bundle = Path(bundle)
     manifest = read_manifest(bundle, check_hashes=True).raw
     trt = import_tensorrt()
-    if manifest.get("attention") == "plugin":
+    if needs_plugin(manifest.get("attention")):
         _load_plugin(trt, config.plugin_lib)
     target = current_target()
     profiles = _profiles(manifest, config)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from rlens.attention_modes import ATTENTION_MODES, DEFAULT_ATTENTION_MODE
 from rlens.errors import BundleError, InputError
 from rlens.fileio import sha256_file
 from rlens.plan import Plan
@@ -32,7 +33,7 @@ DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 class ExportConfig:
     """Options of ``rlens export`` (one frozen dataclass; the CLI only maps flags onto it)."""
 
-    attention: str = "portable"  # "portable" | "plugin"
+    attention: str = DEFAULT_ATTENTION_MODE  # a name in rlens.attention_modes.ATTENTION_MODES
     dtype: str = "fp32"  # "fp32" | "fp16"
     ffn_mode: str | None = None  # override the plan's ffn_mode ("static" | "dynamic")
     opset: int = 18
@@ -43,7 +44,8 @@ class ExportConfig:
     external_data: bool | None = None  # None: only when a graph would pass 2 GiB
 
     def __post_init__(self) -> None:
-        checks = [(self.attention in ("portable", "plugin"), f"--attention must be portable or plugin, got {self.attention!r}"),
+        checks = [(self.attention in ATTENTION_MODES,
+                   f"--attention must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}"),
                   (self.dtype in ("fp32", "fp16"), f"--dtype must be fp32 or fp16, got {self.dtype!r}"),
                   (self.ffn_mode in (None, "static", "dynamic"), f"--ffn-mode must be static or dynamic, got {self.ffn_mode!r}"),
                   (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}")]

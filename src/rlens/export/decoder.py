@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from rlens.attention_modes import DEFAULT_ATTENTION_MODE, HollowCall, attention_mode
 from rlens.export import attention as att
 from rlens.export import ffn as ffn_mod
 from rlens.export import tokens as tok
@@ -142,7 +143,7 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
     hollow = lp is not None and lp.hollow_window is not None
     # The attention scale is folded into q_proj (RoPE is linear), except for the plugin node,
     # which takes unscaled q and its ``scale`` attribute.
-    folded = not (hollow and ctx.attention_mode == "plugin")
+    folded = not hollow or attention_mode(ctx.attention_mode).prescaled_q
     with b.scope("q_proj"):
         q = _project(b, x, attn.q_proj, f"{pre}.q_proj", geo.heads, geo.head_dim, scale if folded else 1.0)
     with b.scope("k_proj"):
@@ -178,15 +179,9 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
 
 def _hollow(b: GraphBuilder, ctx: _Ctx, q: str, k: str, v: str, window: int, scale: float) -> str:
     geo = ctx.geo
-    if ctx.attention_mode == "plugin":
-        from rlens.plugins.spec import make_node_attributes
-
-        attrs = make_node_attributes(window, geo.heads, geo.kv_heads, geo.head_dim, scale)
-        return b.op(HOLLOW_ATTENTION.name, [q, k, v, ctx.shared.span_input], label=HOLLOW_ATTENTION.name,
-                    domain=HOLLOW_ATTENTION.onnx_domain, **attrs)
-    with b.scope("HollowAttention"):  # q is pre-scaled (folded into q_proj)
-        return att.hollow_attention(b, q, k, v, ctx.shared.span_input, b.const(window), None,
-                                    ctx.shared.key_mask, ctx.shared.causal)
+    call = HollowCall(ctx.shared.span_input, window, scale, geo.heads, geo.kv_heads, geo.head_dim,
+                      ctx.shared.key_mask, ctx.shared.causal)
+    return attention_mode(ctx.attention_mode).emit()(b, q, k, v, call)
 
 
 @dataclass
@@ -295,12 +290,12 @@ def _prune(b: GraphBuilder, ctx: _Ctx, x32: str) -> str:
     return x32
 
 
-def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dtype: str = "fp32",
+def decoder_model(loaded: Any, plan: Plan, mode: str = DEFAULT_ATTENTION_MODE, dtype: str = "fp32",
                   opset: int = 18) -> onnx.ModelProto:
     """The decoder ModelProto (weights inline; the writer moves them to external data)."""
     geo = geometry(loaded)
     b = GraphBuilder("decoder", dtype)
-    ctx = _Ctx(loaded, plan, geo, attention_mode)
+    ctx = _Ctx(loaded, plan, geo, mode)
     ctx.shared = _shared(b, ctx)
     x32 = b.cast("inputs_embeds", "fp32")
     first_pruned = plan.token_pruning.layer if plan.token_pruning is not None else geo.num_layers
@@ -318,10 +313,8 @@ def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dty
     ins, outs = _io(geo, b.onnx_float, first_pruned)
     graph = helper.make_graph(b.nodes, "rlens_decoder", ins, outs, b.initializers)
     functions = []
-    if attention_mode == "plugin" and any(lp.hollow_window is not None for lp in plan.layers):
-        from rlens.export.plugin import hollow_function
-
-        functions.append(hollow_function(dtype, opset))
+    if any(lp.hollow_window is not None for lp in plan.layers):
+        functions = attention_mode(mode).model_functions(dtype, opset)
     return finish_model(graph, opset, functions)
 
 
