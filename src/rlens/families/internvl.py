@@ -96,29 +96,3 @@ def internlm2_to_native(state: dict[str, Any], num_heads: int, num_kv_heads: int
         raise ModelError(f"InternLM2 checkpoint has keys rlens cannot map: {', '.join(sorted(unknown)[:8])}")
     return out
 
-
-def native_to_internlm2(state: dict[str, Any], num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, Any]:
-    """The inverse packing (used by tests to build an InternLM2-layout checkpoint)."""
-    import torch
-
-    inv_layer = {v: k for k, v in _LAYER_RENAMES.items()}
-    inv_top = {v: k for k, v in _TOP_RENAMES.items()}
-    groups = num_heads // num_kv_heads
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        m = re.match(r"^layers\.(\d+)\.(.+)$", key)
-        if key in inv_top:
-            out[inv_top[key]] = value
-        elif key == "lm_head.weight":
-            out["output.weight"] = value
-        elif m and m.group(2) in inv_layer:
-            out[f"model.layers.{m.group(1)}.{inv_layer[m.group(2)]}"] = value
-        elif m and m.group(2) == "self_attn.q_proj.weight":
-            p = f"layers.{m.group(1)}.self_attn."
-            hidden = value.shape[-1]
-            q = state[p + "q_proj.weight"].reshape(num_kv_heads, groups, head_dim, hidden)
-            k = state[p + "k_proj.weight"].reshape(num_kv_heads, 1, head_dim, hidden)
-            v = state[p + "v_proj.weight"].reshape(num_kv_heads, 1, head_dim, hidden)
-            packed = torch.cat([q, k, v], dim=1).reshape(-1, hidden)
-            out[f"model.layers.{m.group(1)}.attention.wqkv.weight"] = packed
-    return out
