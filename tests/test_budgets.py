@@ -45,3 +45,18 @@ def test_runtime_side_never_imports_torch_or_the_build_stages():
     side = [p for p in _py_files() if p.parts[-2] in ("runtime", "backends") or p.name in ("processing.py", "fileio.py")]
     bad = {str(p.relative_to(SRC)): sorted(n for n in _imports(p) if n.startswith(forbidden)) for p in side}
     assert not {k: v for k, v in bad.items() if v}, bad
+
+
+def test_tests_import_no_other_test_module_or_benchmark():
+    """Shared test code lives in conftest.py (fixtures) and helpers.py; a test never imports
+    another test module, conftest or a benchmark script (they are not an API)."""
+    tests = Path(__file__).resolve().parent
+    bad = {}
+    for p in sorted(tests.glob("*.py")):
+        names = _imports(p)
+        wrong = sorted(n for n in names if n.startswith(("test_", "conftest", "benchmarks", "tests.")))
+        if "spec_from_file_location" in p.read_text() and p.name != Path(__file__).name:
+            wrong.append("spec_from_file_location")
+        if wrong:
+            bad[p.name] = wrong
+    assert not bad, bad

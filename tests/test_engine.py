@@ -135,7 +135,7 @@ def _prefill_feeds(manifest, seq, span):
 def test_tensorrt_backend_generates_the_onnxruntime_tokens(tmp_path):
     """The runtime's tensorrt backend (engines of build-engine) gives the greedy tokens of the
     onnxruntime backend on a reduced plugin-mode bundle."""
-    from conftest import sample_image
+    from helpers import sample_image
 
     from rlens.engine import EngineConfig, engine_from_bundle
     from rlens.export import ExportConfig, bundle_from_plan

@@ -9,38 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import PRESET_NAMES, sample_image
+from helpers import sample_image
 from rlens.errors import BundleError, InputError
 from rlens.runtime import BackendError, Session
 
 PROMPT = "What is in the image?"
-_BUNDLES: dict[str, object] = {}
-
-
-def make_bundle(name: str, tmp_path_factory):
-    """(loaded model, unreduced bundle path), built once per preset per session."""
-    if name not in _BUNDLES:
-        from rlens.export import ExportConfig, bundle_from_plan
-        from rlens.models import load_model
-        from rlens.plan import empty_plan
-
-        loaded = load_model(name)
-        out = tmp_path_factory.mktemp("bundles") / name
-        bundle_from_plan(loaded, empty_plan(loaded.info()), out, ExportConfig(verify=False))
-        _BUNDLES[name] = (loaded, out)
-    return _BUNDLES[name]
-
-
-@pytest.fixture(params=PRESET_NAMES)
-def bundle(request, tmp_path_factory):
-    return make_bundle(request.param, tmp_path_factory)
-
-
-@pytest.fixture
-def qwen_bundle(tmp_path_factory):
-    return make_bundle("tiny-qwen2-vl", tmp_path_factory)[1]
-
-
 def hf_greedy(loaded, prompt, max_new_tokens: int, eos: int) -> list[int]:
     """Hugging Face ``generate`` (greedy) on exactly the runtime's input ids and pixels."""
     import torch

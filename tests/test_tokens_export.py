@@ -8,6 +8,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import ort_session as session
 
 from rlens.export import ExportConfig, bundle_from_plan
 from rlens.export.decoder import decoder_model, geometry
@@ -44,10 +45,6 @@ def plans(info):
                                  token_pruning=TokenPruning("fastv", 2, 0.6)),
         "combined_vtw": Plan(model=info, layers=rl, token_pruning=TokenPruning("vtw", 3)),
     }
-
-
-def session(model):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("kind", ["fastv", "vtw", "redundancylens", "combined_fastv", "combined_dynamic",
