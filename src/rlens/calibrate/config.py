@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rlens.errors import InputError
+from rlens.pruning import PRUNING_METHODS
 
 RANKINGS = ("greedy", "fast", "stats")
 FFN_MODES = ("static", "dynamic")
@@ -45,7 +47,8 @@ class CalibrationConfig:
     #: greedy only: memory (GiB, on ``cache_device``) for candidates' checkpoints, which let a
     #: candidate resume after the layers its last run already computed; 0: none (slower, same result).
     greedy_cache_gib: float = 4.0
-    #: token pruning (docs/token_pruning.md): FastV (first pruned layer K, dropped share R) ...
+    #: token pruning (docs/token_pruning.md), one field per method of rlens.pruning (named as the
+    #: method; the value its flag parses to): FastV (first pruned layer K, dropped share R) ...
     fastv: tuple[int, float] | None = None
     #: ... or VTW: "auto" (first layer >= vtw_min_layer with mean KL <= vtw_eta) or a layer K.
     vtw: str | int | None = None
@@ -83,18 +86,20 @@ class CalibrationConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
 
     def _check_pruning(self) -> None:
-        if self.fastv is not None and self.vtw is not None:
-            raise InputError("give either --fastv or --vtw, not both")
-        if self.fastv is not None:
-            k, r = self.fastv
-            if not isinstance(k, int) or k < 1 or not 0.0 <= r <= 1.0:
-                raise InputError(f"--fastv K,R needs a layer K >= 1 and a ratio R in [0, 1], got {k},{r}")
-        if self.vtw is not None and self.vtw != "auto" and (not isinstance(self.vtw, int) or self.vtw < 0):
-            raise InputError(f"--vtw must be 'auto' or a layer index >= 0, got {self.vtw!r}")
+        given = self.token_pruning_flags
+        if len(given) > 1:
+            raise InputError(f"give one token pruning method, not both {' and '.join('--' + m for m in given)}")
+        for name, value in given.items():
+            PRUNING_METHODS[name].check(value)
         if not self.vtw_eta >= 0.0:
             raise InputError(f"--vtw-eta must be >= 0, got {self.vtw_eta}")
         if self.vtw_min_layer < 0:
             raise InputError(f"--vtw-min-layer must be >= 0, got {self.vtw_min_layer}")
+
+    @property
+    def token_pruning_flags(self) -> dict[str, Any]:
+        """Pruning method name -> its flag's value, for the methods given (at most one)."""
+        return {m: getattr(self, m) for m in PRUNING_METHODS if getattr(self, m, None) is not None}
 
     @property
     def kinds(self) -> tuple[str, ...]:

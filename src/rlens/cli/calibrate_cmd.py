@@ -55,44 +55,33 @@ def add_calibration_flags(p: argparse.ArgumentParser) -> None:
     add_pruning_flags(p)
 
 
-def _fastv(value: str) -> tuple[int, float]:
-    try:
-        k, r = value.split(",")
-        return int(k), float(r)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected K,R (e.g. 2,0.5), got {value!r}") from None
-
-
-def _vtw(value: str) -> str | int:
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a layer index, got {value!r}") from None
-
-
 def add_pruning_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("token pruning (docs/token_pruning.md)")
-    g.add_argument("--fastv", type=_fastv, default=None, metavar="K,R",
-                   help="FastV: layers K.. keep the top (1-R) visual tokens by layer K-1's last-token attention")
-    g.add_argument("--vtw", type=_vtw, default=None, metavar="auto|K",
-                   help="VTW: layers K.. see no visual token; auto: first layer with mean KL <= --vtw-eta")
+    add_pruning_method_flags(g)
     g.add_argument("--vtw-eta", type=float, default=0.003, metavar="ETA",
                    help="VTW auto threshold on KL(P_withdrawn || P_full) of the last token (default 0.003)")
     g.add_argument("--vtw-min-layer", type=int, default=5, metavar="K",
                    help="VTW auto: first candidate layer (default 5)")
 
 
+def add_pruning_method_flags(g) -> None:
+    """One ``--<method>`` flag per registered token pruning method (rlens.pruning)."""
+    from rlens.pruning import PRUNING_METHODS
+
+    for m in PRUNING_METHODS.values():
+        g.add_argument(f"--{m.name}", type=m.parse_flag, default=None, metavar=m.metavar, help=m.help)
+
+
 def calibration_config(args: argparse.Namespace, ffn_mode: str):
     from rlens.calibrate import CalibrationConfig
+    from rlens.pruning import PRUNING_METHODS
 
     return CalibrationConfig(
         ranking=args.ranking, ffn_mode=ffn_mode, window=args.window, ffn_keep=args.ffn_keep, probes=args.probes,
         budget=args.budget, proportion=args.proportion, separate=args.separate, max_samples=args.max_samples,
         seed=args.seed, visual_tokens=args.visual_tokens, text_tokens=args.text_tokens,
         greedy_rounds=args.greedy_rounds, greedy_cache_gib=args.greedy_cache,
-        fastv=getattr(args, "fastv", None), vtw=getattr(args, "vtw", None),
+        **{m: getattr(args, m, None) for m in PRUNING_METHODS},
         vtw_eta=getattr(args, "vtw_eta", 0.003), vtw_min_layer=getattr(args, "vtw_min_layer", 5))
 
 
