@@ -11,14 +11,14 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from rlens.attention_modes import ATTENTION_MODES, DEFAULT_ATTENTION_MODE
+from rlens.configs import ExportConfig
 from rlens.errors import BundleError, InputError
 from rlens.fileio import sha256_file
 from rlens.plan import Plan
@@ -26,36 +26,6 @@ from rlens.plan import Plan
 FORMAT = "rlens.bundle"
 VERSION = 1
 EXTERNAL_DATA_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB, with headroom for the graph itself
-DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """Options of ``rlens export`` (one frozen dataclass; the CLI only maps flags onto it)."""
-
-    attention: str = DEFAULT_ATTENTION_MODE  # a name in rlens.attention_modes.ATTENTION_MODES
-    dtype: str = "fp32"  # "fp32" | "fp16"
-    ffn_mode: str | None = None  # override the plan's ffn_mode ("static" | "dynamic")
-    opset: int = 18
-    verify: bool = True
-    tolerance: float | None = None  # max abs diff allowed at verification (default per dtype)
-    overwrite: bool = False
-    vision: bool = True
-    external_data: bool | None = None  # None: only when a graph would pass 2 GiB
-
-    def __post_init__(self) -> None:
-        checks = [(self.attention in ATTENTION_MODES,
-                   f"--attention must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}"),
-                  (self.dtype in ("fp32", "fp16"), f"--dtype must be fp32 or fp16, got {self.dtype!r}"),
-                  (self.ffn_mode in (None, "static", "dynamic"), f"--ffn-mode must be static or dynamic, got {self.ffn_mode!r}"),
-                  (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}")]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-
-    @property
-    def max_abs_diff(self) -> float:
-        return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.dtype]
 
 
 def effective_plan(plan: Plan, config: ExportConfig) -> Plan:
