@@ -58,3 +58,24 @@ def config_from_args(config_cls: type, args: argparse.Namespace, **overrides: An
     values = {f.name: getattr(args, f.name) for f in cli_fields(config_cls) if hasattr(args, f.name)}
     values.update(overrides)
     return config_cls(**values)
+
+
+class LazyChoices:
+    """argparse ``choices`` read from a registry only when needed (parsing the flag, ``--help``,
+    an error message), so building the parser imports no backend code. Give the flag a
+    ``metavar`` (argparse would list the choices at ``add_argument`` otherwise)."""
+
+    def __init__(self, load: Any) -> None:
+        self._load = load
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(self._load())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
