@@ -60,3 +60,16 @@ def test_tests_import_no_other_test_module_or_benchmark():
         if wrong:
             bad[p.name] = wrong
     assert not bad, bad
+
+
+def test_configs_and_the_cli_parser_import_nothing_heavy():
+    """rlens.configs (every stage's config) and building the CLI parser from it import neither torch,
+    transformers, onnx, onnxruntime nor numpy: `rlens --help` and the torch-free runtime stay light."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import rlens.configs; from rlens.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]", r.stdout
