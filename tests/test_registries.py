@@ -48,8 +48,8 @@ class _DropHalf(PruningMethod):
     def parse_flag(self, value: str) -> int:
         return int(value)
 
-    def fixed(self, value: int, num_layers: int) -> TokenPruning:
-        return TokenPruning(self.name, value, 0.5)
+    def fixed(self, value: int, num_layers: int) -> dict:
+        return {"layer": value, "ratio": 0.5}
 
 
 def test_a_new_pruning_method_is_one_class(monkeypatch):

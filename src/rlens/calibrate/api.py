@@ -60,7 +60,7 @@ def plan_from_encoded(model: Any, family: type[Family], info: ModelInfo, encoded
     driver = Driver(model, family, config.probes, config.cache_device, config.progress)
     driver.capture(encoded, config.batch_size)
     if later is not None:
-        builder.pruning = PRUNING_METHODS[later].choose(driver, config)
+        builder.pruning = TokenPruning(later, **PRUNING_METHODS[later].choose(driver, config))
         chosen = layers_to_reduce(builder, sizes, layout, config)
     builder.static_indices = static_ffn_indices(driver, builder.keep)
     capture_s = time.perf_counter() - t0
@@ -121,7 +121,8 @@ def fixed_token_pruning(config: CalibrationConfig, num_layers: int) -> TokenPrun
     """The token pruning given on the command line, when its flag fixes it (VTW auto is chosen
     after the capture pass: :func:`_chosen_after_capture`)."""
     for name, value in config.token_pruning_flags.items():
-        return PRUNING_METHODS[name].fixed(value, num_layers)
+        fields = PRUNING_METHODS[name].fixed(value, num_layers)
+        return None if fields is None else TokenPruning(name, **fields)
     return None
 
 
@@ -133,7 +134,7 @@ def _chosen_after_capture(config: CalibrationConfig, fixed: TokenPruning | None)
 
 def choose_vtw_layer(driver: Driver, config: CalibrationConfig) -> TokenPruning:
     """VTW's rule (:meth:`rlens.pruning.vtw.VTW.choose`)."""
-    return PRUNING_METHODS["vtw"].choose(driver, config)
+    return TokenPruning("vtw", **PRUNING_METHODS["vtw"].choose(driver, config))
 
 
 def with_token_pruning(plan: Plan, pruning: TokenPruning, sizes: Sizes, layout: TokenLayout,

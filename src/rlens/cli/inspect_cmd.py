@@ -68,7 +68,7 @@ def _with_pruning(plan, args, family, config, sizes):
     from dataclasses import replace
 
     from rlens.errors import InputError
-    from rlens.plan import ModelInfo, Plan, PlanError, plan_from_dict
+    from rlens.plan import ModelInfo, Plan, PlanError, TokenPruning, plan_from_dict
     from rlens.pruning import PRUNING_METHODS
 
     given = {m: getattr(args, m) for m in PRUNING_METHODS if getattr(args, m, None) is not None}
@@ -78,9 +78,10 @@ def _with_pruning(plan, args, family, config, sizes):
         raise InputError(f"give one token pruning method, not both {' and '.join('--' + m for m in given)}")
     (name, value), = given.items()
     PRUNING_METHODS[name].check(value)
-    tp = PRUNING_METHODS[name].fixed(value, sizes["num_layers"])
-    if tp is None:
+    fields = PRUNING_METHODS[name].fixed(value, sizes["num_layers"])
+    if fields is None:
         raise InputError(f"--{name} {value} is chosen at calibration; give a layer to inspect")
+    tp = TokenPruning(name, **fields)
     if plan is None:
         plan = Plan(model=ModelInfo(family.model_class, sizes["num_layers"], sizes["hidden_size"],
                                     sizes["intermediate_size"], ""))

@@ -6,17 +6,7 @@ nor onnx (the plan and the runtime side read it)."""
 from __future__ import annotations
 
 from rlens.errors import InputError
-from rlens.pruning.base import PruningMethod
-
-PRUNING_METHODS: dict[str, PruningMethod] = {}
-
-
-def register(cls: type[PruningMethod]) -> type[PruningMethod]:
-    """Class decorator adding a method (one instance) to the registry."""
-    if cls.name in PRUNING_METHODS:
-        raise ValueError(f"pruning method {cls.name!r} registered twice")
-    PRUNING_METHODS[cls.name] = cls()
-    return cls
+from rlens.pruning.base import PRUNING_METHODS, PruningMethod, register
 
 
 def pruning_method(name: str) -> PruningMethod:

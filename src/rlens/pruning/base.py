@@ -41,13 +41,14 @@ class PruningMethod:
     def check(self, value: Any) -> None:
         """Validate the flag's value in a config (raise :class:`InputError`)."""
 
-    def fixed(self, value: Any, num_layers: int) -> Any | None:
-        """The ``TokenPruning`` the flag's value fixes, or None when calibration chooses it
-        (after the capture pass, :meth:`choose`)."""
+    def fixed(self, value: Any, num_layers: int) -> dict[str, Any] | None:
+        """The ``TokenPruning`` fields (``layer``, ``ratio``, ...; not ``method``) the flag's value
+        fixes, or None when calibration chooses them (after the capture pass, :meth:`choose`).
+        Fields, not a ``TokenPruning``: this package sits below :mod:`rlens.plan`."""
         raise NotImplementedError
 
-    def choose(self, driver: Any, config: Any) -> Any:
-        """Calibration's choice when :meth:`fixed` returned None."""
+    def choose(self, driver: Any, config: Any) -> dict[str, Any]:
+        """Calibration's choice (``TokenPruning`` fields) when :meth:`fixed` returned None."""
         raise NotImplementedError(f"{self.name} has no calibration-time choice")
 
     def describe(self, tp: Any) -> str:
@@ -56,6 +57,18 @@ class PruningMethod:
     def _check_layer(self, k: int, num_layers: int) -> None:
         if k > num_layers:
             raise InputError(f"--{self.name} layer {k} is beyond the model's {num_layers} layers")
+
+
+#: method name -> method (one instance each), filled by :func:`register`
+PRUNING_METHODS: dict[str, PruningMethod] = {}
+
+
+def register(cls: type[PruningMethod]) -> type[PruningMethod]:
+    """Class decorator adding a method (one instance) to the registry."""
+    if cls.name in PRUNING_METHODS:
+        raise ValueError(f"pruning method {cls.name!r} registered twice")
+    PRUNING_METHODS[cls.name] = cls()
+    return cls
 
 
 def layer_or_auto(value: str) -> str | int:

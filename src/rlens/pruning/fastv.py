@@ -7,8 +7,7 @@ import argparse
 from typing import Any
 
 from rlens.errors import InputError
-from rlens.pruning import register
-from rlens.pruning.base import PruningMethod
+from rlens.pruning.base import PruningMethod, register
 
 
 @register
@@ -31,12 +30,10 @@ class FastV(PruningMethod):
         if not isinstance(k, int) or k < 1 or not 0.0 <= r <= 1.0:
             raise InputError(f"--fastv K,R needs a layer K >= 1 and a ratio R in [0, 1], got {k},{r}")
 
-    def fixed(self, value: Any, num_layers: int) -> Any:
-        from rlens.plan import TokenPruning
-
+    def fixed(self, value: Any, num_layers: int) -> dict[str, Any]:
         k, r = value
         self._check_layer(k, num_layers)
-        return TokenPruning(self.name, k, float(r))
+        return {"layer": k, "ratio": float(r)}
 
     def describe(self, tp: Any) -> str:
         return f"FastV K={tp.layer} R={tp.ratio:g}"
