@@ -414,6 +414,7 @@ def test_checkpoint_layers_fit_the_budget():
     assert checkpoint_layers(8, 10, 0) == frozenset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fastv", [None, (6, 0.5)])
 def test_greedy_checkpoints_change_the_cost_not_the_ranking(fastv):
     """Candidates resuming from their checkpoints reach exactly what resuming from their own layer

@@ -166,6 +166,7 @@ def test_mrope_positions_match_hugging_face(any_preset, grid):
     assert next_position(got) == ids.shape[1] + int(deltas[0, 0])
 
 
+@pytest.mark.slow
 def test_rlens_main_runs_a_bundle_with_torch_blocked(qwen):
     from rlens.cli.main import build_parser
 
