@@ -1,15 +1,41 @@
-"""Shared session fixtures: the tiny presets with prepared inputs, and their unreduced bundles, each\nbuilt once per session. Plain helpers live in helpers.py."""
+"""Shared session fixtures: the tiny presets with prepared inputs, and their unreduced bundles, each
+built once per session. Plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import logging  # noqa: E402
 
 import pytest  # noqa: E402
 
 from helpers import PRESET_NAMES, sample_image  # noqa: E402
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def transformers_log_warnings_are_errors():
+    """transformers announces API changes through its logger as well as with warnings (which
+    pyproject's filterwarnings makes errors): a WARNING from its logger fails the test too."""
+    handler = _Records()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.records:
+        pytest.fail("transformers logged: " + " | ".join(r.getMessage()[:300] for r in handler.records))
 
 
 class _Cache:
