@@ -64,7 +64,7 @@ def write_bundle(loaded, plan, out, config) -> int:
     from rlens.export import bundle_from_plan
 
     t0 = time.perf_counter()
-    path = bundle_from_plan(loaded, plan, out, config)
+    path = bundle_from_plan(loaded, plan, out, config, consume=True)  # the CLI needs the model no more
     manifest = json.loads((path / "manifest.json").read_text())
     diffs = manifest.get("verification") or {}
     print(f"rlens: wrote {path} ({plan.summary()}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
