@@ -18,6 +18,7 @@ from rlens.plan import ModelInfo
 from rlens.presets import Preset, build_model, get_preset, is_preset, save_processor_files
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+LOAD_DTYPES = ("auto", *DTYPES)  # auto: the checkpoint's own dtype (config.dtype), fp32 for presets
 
 
 @dataclass
@@ -52,11 +53,22 @@ class LoadedModel:
             raise ModelError(f"{src} has no tokenizer.json; rlens needs a fast tokenizer file")
 
 
-def load_model(spec: str, *, trust_remote_code: bool = False, dtype: str = "fp32") -> LoadedModel:
-    """Load ``spec``: a preset name (``tiny-qwen2-vl`` ...), or a save_pretrained directory."""
+def load_model(spec: str, *, trust_remote_code: bool = False, dtype: str = "auto") -> LoadedModel:
+    """Load ``spec``: a preset name (``tiny-qwen2-vl`` ...), or a save_pretrained directory.
+
+    ``dtype`` (one of :data:`LOAD_DTYPES`) is the dtype the weights are held in: ``auto`` keeps the
+    checkpoint's own (a bf16 checkpoint takes half the memory of an fp32 load).
+    """
+    if dtype not in LOAD_DTYPES:
+        raise ModelError(f"--load-dtype must be one of {', '.join(LOAD_DTYPES)}, got {dtype!r}")
     if is_preset(spec):
         preset = get_preset(spec)
         model = build_model(preset)
+        if dtype not in ("auto", "fp32"):
+            import torch
+
+            for p in model.parameters():  # as from_pretrained(dtype=...): buffers (rotary) stay fp32
+                p.data = p.data.to(getattr(torch, DTYPES[dtype]))
         fam = family_for_config(model.config)
         fam.check_supported(model)
         return LoadedModel(model=model, family=fam, source=spec, preset=preset)
@@ -114,7 +126,8 @@ def _load_directory(path: Path, trust_remote_code: bool, dtype: str) -> LoadedMo
         raise ModelError(f"{path} has no .safetensors weights; rlens does not load pickled weights")
     archs = [a for a in (config.architectures or []) if a in fam.architectures and hasattr(transformers, a)]
     cls = getattr(transformers, archs[0] if archs else fam.model_class)
-    model = cls.from_pretrained(str(path), config=config, dtype=getattr(torch, DTYPES[dtype]),
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, DTYPES[dtype])
+    model = cls.from_pretrained(str(path), config=config, dtype=torch_dtype,
                                 use_safetensors=True, trust_remote_code=trust_remote_code)
     fam.check_supported(model)
     return LoadedModel(model=model.eval(), family=fam, source=str(path))

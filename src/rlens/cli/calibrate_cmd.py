@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from rlens.models import load_model
 
     config = calibration_config(args, args.ffn_mode)
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype)
     plan, report = calibrate(loaded, config, args.data)
     plan.save(args.out)
     from rlens.calibrate import report_path_for, write_report

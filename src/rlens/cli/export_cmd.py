@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from rlens.models import load_model
     from rlens.plan import empty_plan, load_plan
 
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype)
     config = export_config(args)
     info = loaded.info()
     plan = load_plan(args.plan, info) if args.plan else empty_plan(info)

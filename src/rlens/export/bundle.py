@@ -79,7 +79,7 @@ def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None,
     the model is never serialized to measure it). Tensors already streamed to ``<name>.data`` by a
     :class:`~rlens.export.graph.WeightFile` stay there, or are read back when inline is chosen.
     """
-    from rlens.export.graph import tensor_bytes
+    from rlens.export.graph import all_tensors, tensor_bytes
 
     location = path.name + ".data"
     data = path.with_name(location)
@@ -102,6 +102,8 @@ def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None,
 
         load_external_data_for_model(model, str(path.parent))
         data.unlink()
+        for t in all_tensors(model):  # as if built inline: same bytes
+            t.ClearField("data_location")
     if external and not streamed:
         return [path.name, location]
     path.write_bytes(model.SerializeToString(deterministic=True))

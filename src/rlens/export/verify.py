@@ -213,10 +213,17 @@ def fp32_compute(loaded: Any) -> Iterator[None]:
         dtypes = {p.dtype for p in m.parameters()} - {torch.float32}
         if dtypes:
             low.append((m, dtypes.pop()))
+    def up(mod: Any, args: Any) -> None:
+        mod.float()
+
+    def down(dtype: Any) -> Any:
+        def hook(mod: Any, args: Any, out: Any) -> None:
+            mod.to(dtype)
+        return hook
+
     handles = []
     for m, dtype in low:
-        handles.append(m.register_forward_pre_hook(lambda mod, args: mod.float()))
-        handles.append(m.register_forward_hook(lambda mod, args, out, d=dtype: mod.to(d)))
+        handles += [m.register_forward_pre_hook(up), m.register_forward_hook(down(dtype))]
     try:
         yield
     finally:

@@ -78,6 +78,7 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig, *,
     visual_tokens = image_size = None
     if config.vision:
         image_size = sample_size(loaded)
+        _vision_fp32(loaded)
         prepared = _prepare_sample(loaded, folder / "processor")
         visual_tokens = prepared.visual_span[1]
         inputs = vision_inputs(prepared.vision)
@@ -98,6 +99,22 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig, *,
         body["verification"] = {"tolerance": config.max_abs_diff, "max_abs_diff": diffs,
                                 "decoder_inputs": spec.manifest()}
     write_manifest(folder, body)
+
+
+def _vision_fp32(loaded: Any) -> None:
+    """vision.onnx is traced in fp32: a model loaded in fp16/bf16 gets every weight outside the
+    language model and LM head (the vision tower and projector, a small part) cast to fp32."""
+    import torch
+
+    fam, model = loaded.family, loaded.model
+    text = {id(t) for m in (fam.language_model(model), fam.lm_head(model)) for t in (*m.parameters(), *m.buffers())}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if id(p) not in text and p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.float()
+        for name, buf in module.named_buffers(recurse=False):
+            if id(buf) not in text and buf.dtype in (torch.float16, torch.bfloat16):
+                setattr(module, name, buf.float())
 
 
 def _max_positions(cfg: Any) -> int | None:
