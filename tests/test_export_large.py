@@ -47,7 +47,7 @@ def test_initializer_over_2gib(tmp_path):
         f.write(np.arange(cols, dtype=np.float32).tobytes())
     model = _gather_model(external_tensor("table", (rows, cols), np.float32, data.name, 4096, rows * cols * 4))
     assert tensor_bytes(model) == rows * cols * 4 > EXTERNAL_DATA_LIMIT
-    assert save_onnx(model, tmp_path / "big.onnx", None) == ["big.onnx", "big.onnx.data"]
+    assert save_onnx(model, tmp_path / "big.onnx", None, limit=EXTERNAL_DATA_LIMIT) == ["big.onnx", "big.onnx.data"]
     assert (tmp_path / "big.onnx").stat().st_size < 4096
     sess = ort.InferenceSession(str(tmp_path / "big.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"ids": np.array([rows - 1, 0], dtype=np.int64)})[0]

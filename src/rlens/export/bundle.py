@@ -25,6 +25,9 @@ from rlens.plan import Plan
 FORMAT = "rlens.bundle"
 VERSION = 1
 EXTERNAL_DATA_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB, with headroom for the graph itself
+# Weights over this stay in <name>.data by default: a graph streamed to external data is read back
+# inline only when small (reading back and serializing holds it ~3 times over).
+INLINE_LIMIT = 2**28
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 
 
@@ -40,7 +43,7 @@ class ExportConfig:
     tolerance: float | None = None  # max abs diff allowed at verification (default per dtype)
     overwrite: bool = False
     vision: bool = True
-    external_data: bool | None = None  # None: only when a graph would pass 2 GiB
+    external_data: bool | None = None  # None: when a graph's weights pass INLINE_LIMIT (256 MiB)
 
     def __post_init__(self) -> None:
         checks = [(self.attention in ("portable", "plugin"), f"--attention must be portable or plugin, got {self.attention!r}"),
@@ -71,13 +74,14 @@ def effective_plan(plan: Plan, config: ExportConfig) -> Plan:
 
 
 def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None,
-              limit: int = EXTERNAL_DATA_LIMIT) -> list[str]:
+              limit: int = INLINE_LIMIT) -> list[str]:
     """Write ``model`` to ``path``; returns the file names written.
 
     Weights go to ``<name>.data`` when ``external`` is true, or when ``external`` is None and the
-    tensors' sizes add up to more than ``limit`` (protobuf's 2 GiB, decided from the tensor sizes:
-    the model is never serialized to measure it). Tensors already streamed to ``<name>.data`` by a
-    :class:`~rlens.export.graph.WeightFile` stay there, or are read back when inline is chosen.
+    tensors' sizes add up to more than ``limit`` (decided from the tensor sizes: the model is never
+    serialized to measure it; inline is refused over protobuf's 2 GiB). Tensors already streamed to
+    ``<name>.data`` by a :class:`~rlens.export.graph.WeightFile` stay there, or are read back when
+    inline is chosen.
     """
     from rlens.export.graph import all_tensors, tensor_bytes
 
@@ -89,7 +93,7 @@ def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None,
     size = tensor_bytes(model)
     if external is None:
         external = size > limit
-    if not external and size > limit:
+    if not external and size > EXTERNAL_DATA_LIMIT:
         raise BundleError(f"{path.name} has {size / 2**30:.2f} GiB of weights, over protobuf's 2 GiB limit for a "
                           "single file; export with external data (the default)")
     if not streamed and data.is_file() and data.stat().st_size == 0:
