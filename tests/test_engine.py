@@ -270,3 +270,20 @@ def test_visual_span_has_value_bounds_for_tensorrt_shape_tensors(plugin_bundle):
     lo, opt, hi = prefill.values["visual_span"]
     assert lo == (0, 0) and opt[1] == 256 and hi == (512, 512)
     assert decode.values["visual_span"] == ((0, 0), (0, 0), (0, 0))
+
+
+def test_trtexec_graph_uses_the_plugin_and_the_bundle_weights(plugin_bundle):
+    """python -m rlens.engine.trtexec writes decoder.trt.onnx beside decoder.onnx: no function body
+    (trtexec would inline it and silently skip the plugin), no weights, same external data."""
+    r = subprocess.run([sys.executable, "-m", "rlens.engine.trtexec", str(plugin_bundle / "decoder.onnx")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    dst = plugin_bundle / "decoder.trt.onnx"
+    assert r.stdout.strip() == str(dst)
+    model = onnx.load(str(dst))  # loads the external data from the bundle's own file
+    assert not model.functions and sum(n.op_type == HOLLOW_ATTENTION.name for n in model.graph.node) == 2
+    assert dst.stat().st_size < (plugin_bundle / "decoder.onnx").stat().st_size + 1
+    dst.unlink()
+    bad = subprocess.run([sys.executable, "-m", "rlens.engine.trtexec", str(plugin_bundle / "nope.onnx")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

@@ -64,3 +64,4 @@ def onnx_for_tensorrt(src: str | Path) -> PreparedOnnx:
         raise BundleError(f"cannot read {src}: {e}") from None
     count = strip_plugin_functions(model)
     return PreparedOnnx(model.SerializeToString(), src, count, external_data_bytes(model))
+
