@@ -68,7 +68,7 @@ def test_emulation_selftest(emu):
 
 
 def test_kernels_builtin_cases(emu):
-    """56 cases x fp32/fp16 + 6 argument checks: fp32 through v1; fp16 through v2 where it
+    """28 cases x fp32/fp16 + 6 argument checks: fp32 through v1; fp16 through v2 where it
     applies (D % 16 == 0, D <= 128, Hq / Hkv <= 64), through v1 for the rest (D 256, G 65)."""
     r = _harness(emu, "--variant", "auto")
     assert r["passed"] >= 60 and r["max_abs_f32"] < 1e-5 and r["max_abs_f16"] < 5e-3
@@ -143,7 +143,7 @@ def test_v2_refuses_shapes_it_does_not_handle(kernel_lib):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["simt", "tc"])
 def test_full_run_with_tile_sweep(emu, variant):
-    """v1: 56 built-in cases (fp32+fp16), the sweep (W 1..17,31..33 x past 0..15 x 2 span
+    """v1 (1002 checks): 28 built-in cases x fp32/fp16, the sweep (W 1..17,31..33 x past 0..15 x 2 span
     starts, fp32), 300 random shapes, 6 argument checks. v2 (fp16 cases only; fp32 is v1's):
     the sweep in fp16 over W up to 65 x past 0..31 (its 32-key tiles) with GQA groups 1 and 3."""
     r = _harness(emu, "--variant", variant, "--full")

@@ -14,8 +14,9 @@
 // FLOPs of a one-pass kernel), in exchange for layout independence and fewer registers.
 //
 // Tile size for sm_87 (Orin): 64 query rows x 32 keys; static shared memory at D = 128 is
-// 16 KiB (Q) + 16 KiB (K, V) + 12 KiB (S, P, output staging) = 44 KiB (< 48 KiB static limit),
-// which lets Orin's SMs (164 KiB shared each) hold 3 blocks; smaller D uses less.
+// 16 KiB (Q) + 16 KiB (K, V) + 12 KiB (S / output staging, P) = 44 KiB (< 48 KiB static limit),
+// so an Orin SM (164 KiB shared, 64 K registers; ~165 registers x 128 threads per block) holds
+// 3 blocks; smaller D uses less. 64-key tiles would need 60 KiB (dynamic shared memory).
 // head_dim must be a multiple of 16 and <= 128 (rlens_hollow_tc_supported); other shapes use v1.
 #ifndef RLENS_HOLLOW_ATTENTION_TC_CUH
 #define RLENS_HOLLOW_ATTENTION_TC_CUH
@@ -66,9 +67,8 @@ struct alignas(32) Smem
     __half q[kRows * DC * 16];
     __half k[kKeys * DC * 16];
     __half v[kKeys * DC * 16];
-    float s[kWarps][kWarpRows * kKeys];
+    float s[kWarps][kWarpRows * kKeys]; // scores; after the last tile: output staging (16 x 16)
     __half p[kWarps][kWarpRows * kKeys];
-    float o[kWarps][kWarpRows * 16];
 };
 
 //! Which query head and query a block row computes; padding rows duplicate a valid one.
@@ -131,7 +131,7 @@ __device__ void load_tile(Smem<DC>& sm, Args const& a, int64_t kv_off, int64_t k
 }
 
 template <int DC>
-__global__ void __launch_bounds__(kThreads) hollow_attention_tc_kernel(Args a)
+__global__ void __launch_bounds__(kThreads, 3) hollow_attention_tc_kernel(Args a)
 {
     int constexpr D = DC * 16;
     __shared__ Smem<DC> sm;
@@ -257,7 +257,7 @@ __global__ void __launch_bounds__(kThreads) hollow_attention_tc_kernel(Args a)
 #pragma unroll
     for (int nd = 0; nd < DC; ++nd) // out, 16 columns at a time through shared memory
     {
-        wmma::store_matrix_sync(sm.o[warp], of[nd], 16, wmma::mem_row_major);
+        wmma::store_matrix_sync(sm.s[warp], of[nd], 16, wmma::mem_row_major);
         __syncwarp();
         for (int e = lane; e < kWarpRows * 16; e += 32)
         {
@@ -265,7 +265,7 @@ __global__ void __launch_bounds__(kThreads) hollow_attention_tc_kernel(Args a)
             if (row.valid)
             {
                 int64_t const o = ((batch * a.num_heads + row.head) * a.q_len + row.query) * D + nd * 16 + e % 16;
-                a.out[o] = __float2half_rn(sm.o[warp][e]);
+                a.out[o] = __float2half_rn(sm.s[warp][e]);
             }
         }
         __syncwarp();
