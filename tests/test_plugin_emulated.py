@@ -13,7 +13,6 @@ interleavings, and an AddressSanitizer + UBSan build.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlens.plugins.spec import reference_hollow_attention
+from rlens.plugins import kernel_check
 
 REPO = Path(__file__).resolve().parents[1]
 EMU = REPO / "plugins" / "hollow_attention" / "tests" / "cudacpu"
@@ -74,58 +73,20 @@ def test_kernels_builtin_cases(emu):
     assert r["passed"] >= 60 and r["max_abs_f32"] < 1e-5 and r["max_abs_f16"] < 5e-3
 
 
-# ---- ctypes, against rlens.plugins.spec (the project's golden) ------------------------------
-
-CASES = [  # batch, heads, kv_heads, q_len, past, head_dim, span, window
-    (2, 4, 2, 70, 0, 64, (10, 40), 8),
-    (1, 8, 2, 300, 37, 128, (5, 256), 64),
-    (1, 2, 1, 33, 12, 96, (0, 33), 1),
-    (1, 4, 4, 50, 0, 32, (0, 0), 16),
-    (1, 2, 2, 40, 3, 256, (30, 10), 100),
-    (1, 12, 2, 1, 200, 128, (0, 0), 64),  # decode step, GQA 6 (Qwen2-VL-2B's heads)
-    (1, 4, 2, 90, 0, 16, (10, 64), 4),  # the tiny presets' head_dim
-]
-FUNCTIONS = {"f32": "rlens_hollow_attention_f32", "f16_v1": "rlens_hollow_attention_f16_simt",
-             "f16_v2": "rlens_hollow_attention_f16_tc"}
+# ---- ctypes, against rlens.plugins.spec (the project's golden), as rlens doctor does on a GPU --
 
 
 @pytest.fixture(scope="module")
 def kernel_lib(emu):
-    lib = ctypes.CDLL(str(emu / "librlens_hollow_kernel_cpu.so"))
-    i32, ptr = ctypes.c_int32, ctypes.c_void_p
-    for name in FUNCTIONS.values():
-        fn = getattr(lib, name)
-        fn.argtypes = [ptr] * 5 + [i32] * 7 + [ctypes.c_float, ptr]
-        fn.restype = ctypes.c_int
-    lib.rlens_hollow_tc_supported.argtypes = [i32] * 3
-    return lib
+    return kernel_check.load_kernel_library(str(emu / "librlens_hollow_kernel_cpu.so"))
 
 
-def run_kernel(fn, case, dtype, seed=0):
-    batch, heads, kv_heads, q_len, past, dim, span, window = case
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((batch, heads, q_len, dim)).astype(dtype)
-    k, v = (rng.standard_normal((batch, kv_heads, past + q_len, dim)).astype(dtype) for _ in range(2))
-    out = np.full_like(q, np.nan)
-    span_a = np.asarray(span, np.int64)
-    rc = fn(q.ctypes.data, k.ctypes.data, v.ctypes.data, span_a.ctypes.data, out.ctypes.data,
-            batch, heads, kv_heads, q_len, past + q_len, dim, window, dim**-0.5, None)
-    return rc, out, reference_hollow_attention(q, k, v, span, window, dim**-0.5)
-
-
-@pytest.mark.parametrize("kind", list(FUNCTIONS))
+@pytest.mark.parametrize("kind", ["f32", "f16_v1", "f16_v2", "f16"])
 def test_kernels_match_the_numpy_reference(kernel_lib, kind):
-    dtype, tol = (np.float32, 1e-4) if kind == "f32" else (np.float16, 1e-2)
-    fn, worst, ran = getattr(kernel_lib, FUNCTIONS[kind]), 0.0, 0
-    for case in CASES:
-        if kind == "f16_v2" and not kernel_lib.rlens_hollow_tc_supported(case[1], case[2], case[5]):
-            continue
-        rc, out, want = run_kernel(fn, case, dtype)
-        assert rc == 0, (case, rc)
-        np.testing.assert_allclose(out.astype(np.float64), want, atol=tol, rtol=tol, err_msg=str(case))
-        worst, ran = max(worst, float(np.abs(out - want).max())), ran + 1
-    print(kind, f"{ran} cases, max abs error {worst:.2e}")
-    assert ran >= 6
+    result = kernel_check.check_kernel(kernel_lib, kind, kernel_check.HostMemory())
+    print(kind, f"{result.cases} cases, max abs error {result.max_abs:.2e}")
+    assert result.ok, result.failures
+    assert result.cases >= (6 if kind == "f16_v2" else 7)
 
 
 def test_v2_refuses_shapes_it_does_not_handle(kernel_lib):
@@ -133,8 +94,23 @@ def test_v2_refuses_shapes_it_does_not_handle(kernel_lib):
     assert kernel_lib.rlens_hollow_tc_supported(2, 2, 256) == 0  # head_dim > 128: v1
     assert kernel_lib.rlens_hollow_tc_supported(2, 2, 72) == 0  # not a multiple of 16
     assert kernel_lib.rlens_hollow_tc_supported(65, 1, 64) == 0  # group larger than a block's rows
-    rc, _, _ = run_kernel(kernel_lib.rlens_hollow_attention_f16_tc, (1, 2, 2, 4, 0, 256, (0, 4), 2), np.float16)
+    case = (1, 2, 2, 4, 0, 256, (0, 4), 2)
+    rc, _, _ = kernel_check.launch(kernel_lib, "f16_v2", kernel_check.HostMemory(), case,
+                                   *kernel_check.random_inputs(case, np.float16))
     assert rc == 1  # cudaErrorInvalidValue, nothing launched
+
+
+def test_a_wrong_kernel_is_caught(kernel_lib):
+    """The check can fail: a window of 1 given to the reference while the kernel runs W=8."""
+    wrong = [(2, 4, 2, 70, 0, 64, (10, 40), 8)]
+    memory = kernel_check.HostMemory()
+    assert kernel_check.check_kernel(kernel_lib, "f16_v2", memory, wrong).ok
+    original = kernel_check.reference_hollow_attention
+    try:
+        kernel_check.reference_hollow_attention = lambda q, k, v, span, w, s: original(q, k, v, span, 1, s)
+        assert not kernel_check.check_kernel(kernel_lib, "f16_v2", memory, wrong).ok
+    finally:
+        kernel_check.reference_hollow_attention = original
 
 
 # ---- slow: the full runs, other interleavings, sanitizers -----------------------------------
@@ -145,9 +121,10 @@ def test_v2_refuses_shapes_it_does_not_handle(kernel_lib):
 def test_full_run_with_tile_sweep(emu, variant):
     """v1 (1002 checks): 28 built-in cases x fp32/fp16, the sweep (W 1..17,31..33 x past 0..15 x 2 span
     starts, fp32), 300 random shapes, 6 argument checks. v2 (fp16 cases only; fp32 is v1's):
-    the sweep in fp16 over W up to 65 x past 0..31 (its 32-key tiles) with GQA groups 1 and 3."""
+    the sweep in fp16 over W up to 65 x past 0..31 (its 32-key tiles) with GQA groups 1 and 3
+    (1814 checks; the fp16 cases v2 does not handle, D 256 / G 65, are skipped)."""
     r = _harness(emu, "--variant", variant, "--full")
-    assert r["passed"] >= (1000 if variant == "simt" else 2000)
+    assert r["passed"] >= (1000 if variant == "simt" else 1800)
 
 
 @pytest.mark.slow
