@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
     bench_cmd.add_parser(sub)
+    from rlens.engine import doctor
+
+    doctor.add_parser(sub)
     return parser
 
 
