@@ -52,7 +52,7 @@ def import_tensorrt() -> Any:
         import polygraphy.backend.trt  # noqa: F401
     except ImportError as e:
         raise TensorRTUnavailable(
-            f"TensorRT is not importable ({e}); install it on the target: pip install 'rlens[tensorrt]' "
+            f"TensorRT is not importable ({e}); install it on the target: pip install 'redundancylens[tensorrt]' "
             "on x86, JetPack's python3-libnvinfer on Jetson (docs/jetson.md)") from None
     check_tensorrt_version(trt.__version__)
     return trt

@@ -85,7 +85,7 @@ def _import_tensorrt() -> Any:
         from polygraphy.backend import trt as _  # noqa: F401
     except ImportError as e:
         raise BackendError(f"backend 'tensorrt' needs TensorRT and polygraphy ({e}); install them on the target "
-                           "(pip install 'rlens[tensorrt]' on x86, JetPack's python3-libnvinfer on Jetson)") from None
+                           "(pip install 'redundancylens[tensorrt]' on x86, JetPack's python3-libnvinfer on Jetson)") from None
     return trt
 
 
