@@ -61,3 +61,26 @@ def test_bad_reps_is_one_clear_error(reps):
     r = subprocess.run([sys.executable, "-m", "rlens.cli.main", "doctor", "--reps", reps],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") <= 1
+
+
+def test_engine_rows_run_with_a_stand_in_runner():
+    """The engine rows' own code (feeds, comparison, timing, formatting) with ONNX Runtime standing
+    in for the TensorRT runner: what the device runs first is not run here for the first time."""
+    import onnxruntime as ort
+
+    class OrtRunner:
+        def __init__(self, path):
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+        def infer(self, feeds):
+            return {"logits": self.session.run(["logits"], feeds)[0]}
+
+        def deactivate(self):
+            pass
+
+    doc = doctor.Doctor(doctor.DEFAULT_BUNDLE, reps=1)
+    doc.ctx.update(bundle=doctor.DEFAULT_BUNDLE, runner=OrtRunner(doctor.DEFAULT_BUNDLE / "decoder.onnx"))
+    text, status = doctor._engine_vs_onnxruntime(doc)
+    assert status == "ok" and "max abs diff 0.00e+00" in text
+    timing = doctor._prefill_timing(doc)
+    assert timing.startswith("1100 tokens, span (16, 1024), 4 hollow layers of 4: hollow/full ")

@@ -140,3 +140,10 @@ def test_address_sanitizer_subset(tmp_path):
     env = {"ASAN_OPTIONS": "detect_leaks=0"}
     _harness(build, "--variant", "auto", env=env)
     _harness(build, "--variant", "tc", "--random", "40", "11", env=env)
+
+
+def test_kernel_timing_path(kernel_lib):
+    """kernel_check.time_kernel (what rlens doctor times on a GPU) on a small emulated case."""
+    case = (1, 4, 2, 40, 0, 32, (4, 30), 8)
+    seconds = kernel_check.time_kernel(kernel_lib, "f16_v2", kernel_check.HostMemory(), case, reps=2)
+    assert 0 < seconds < 60
