@@ -34,7 +34,7 @@ class CLIPImageProcessor(ImageProcessor):
                 arr = ops.resize(arr, *ops.output_size(arr.shape[0], arr.shape[1], s["size"]), s["resample_filter"])
             if s["do_center_crop"]:
                 arr = ops.center_crop(arr, *height_width(s["crop_size"], "crop_size"))
-            out.append(ops.channels_first(ops.rescale_normalize(arr, s)))
+            out.append(ops.pixels_chw(arr, s))
         if s["do_pad"]:
             pad = s["pad_size"]
             h, w = height_width(pad, "pad_size") if pad else (max(a.shape[1] for a in out), max(a.shape[2] for a in out))

@@ -56,7 +56,7 @@ class GotOcr2ImageProcessor(ImageProcessor):
                                      s["resample_filter"])
                 parts = [arr]
             counts.append(len(parts))
-            tiles.extend(ops.channels_first(ops.rescale_normalize(p, s)) for p in parts)
+            tiles.extend(ops.pixels_chw(p, s) for p in parts)
         return {"pixel_values": np.stack(tiles), "num_patches": np.asarray(counts, dtype=np.int64)}
 
     @staticmethod

@@ -97,7 +97,7 @@ class Idefics3ImageProcessor(ImageProcessor):
                 frames.extend(parts)
                 r_of.append(r)
                 c_of.append(c)
-            samples.append([ops.channels_first(ops.rescale_normalize(f, s)) for f in frames])
+            samples.append([ops.pixels_chw(f, s) for f in frames])
             rows.append(r_of)
             cols.append(c_of)
         out = _pad(samples) if s["do_pad"] else _stack(samples)

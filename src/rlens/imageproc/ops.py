@@ -5,7 +5,7 @@ Images travel as ``uint8`` arrays [H, W, C] until they are rescaled; every resiz
 PIL on ``uint8`` exactly as the PIL backend does (array -> ``Image.fromarray`` -> ``resize`` ->
 array), so resampled pixels are bit-identical. Rescale multiplies in float64 and casts to
 float32; normalize subtracts and divides in float32 — the same arithmetic, so the same bits.
-Arrays become channel-first [C, H, W] only at the end (:func:`channels_first`).
+Arrays become channel-first [C, H, W] only at the end (:func:`pixels_chw`).
 """
 
 from __future__ import annotations
@@ -141,8 +141,16 @@ def rescale_normalize(arr: np.ndarray, s: dict[str, Any]) -> np.ndarray:
     return arr
 
 
-def channels_first(arr: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(arr, -1, 0))
+def pixels_chw(arr: np.ndarray, s: dict[str, Any]) -> np.ndarray:
+    """[H, W, C] -> rescaled, normalized [C, H, W]. A ``uint8`` image goes through a table of the
+    256 levels per channel, computed by :func:`rescale_normalize` itself: each pixel gets the bits
+    the direct computation gives, in one pass."""
+    if arr.dtype != np.uint8:
+        return np.ascontiguousarray(np.moveaxis(rescale_normalize(arr, s), -1, 0))
+    channels = arr.shape[2]
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], channels, axis=2)  # [1, 256, C]
+    table = rescale_normalize(levels, s)[0]
+    return np.stack([table[:, c].take(arr[..., c]) for c in range(channels)])
 
 
 def pad_bottom_right(arr: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -89,7 +89,7 @@ class Qwen2VLImageProcessor(ImageProcessor):
                 h, w = smart_resize(arr.shape[0], arr.shape[1], patch * merge, size["shortest_edge"],
                                     size["longest_edge"])
                 arr = ops.resize(arr, h, w, s["resample_filter"])
-            arr = ops.channels_first(ops.rescale_normalize(arr, s))
+            arr = ops.pixels_chw(arr, s)
             flat, gh, gw = patchify(arr, patch, merge, temporal)
             rows.append(flat)
             grids.append([1, gh, gw])
