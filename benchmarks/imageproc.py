@@ -4,8 +4,8 @@ For configs shaped like the real checkpoints' (Qwen2-VL-2B, LLaVA-1.5's CLIP 336
 tiles with ``crop_to_patches``, SmolVLM 384 tiles with splitting) and one 1500x1000 image, each
 side runs in a fresh Python process: import, load from the folder, first call, then the median of
 five warm calls. The transformers side is ``import transformers`` + ``AutoImageProcessor`` (the PIL
-backend where torchvision is absent, as here; HF_HUB_OFFLINE=1, else transformers spends ~20 s
-trying the hub for a local folder). The outputs of both sides are compared (max abs
+backend where torchvision is absent, as here; HF_HUB_OFFLINE=1; its load imports torch where
+torch is installed, as here, through transformers' auto machinery). The outputs of both sides are compared (max abs
 difference, and whether they are bit-identical). Prints a table and writes JSON.
 
     python benchmarks/imageproc.py [--repeats 3] [--json benchmarks/results/imageproc.json]
@@ -68,7 +68,7 @@ CHILD = textwrap.dedent("""
 
 
 def run_side(side: str, folder: Path, kwargs: dict, out: Path) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}  # no hub look-ups
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     res = subprocess.run([sys.executable, "-c", CHILD, side, str(folder), json.dumps(kwargs), str(out)],
                          capture_output=True, text=True, check=False, env=env)
     if res.returncode != 0:

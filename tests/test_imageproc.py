@@ -139,6 +139,22 @@ def test_equals_transformers_default_torchvision_processor(folders, name):
                 assert np.abs(got[key] - want[key]).mean() < 0.05, key
 
 
+def _random_sizes(n=6, seed=7):
+    rng = np.random.RandomState(seed)
+    sizes = [(int(w), int(h)) for w, h in rng.randint(1, 700, size=(n, 2))]
+    return sizes + [(1, 150), (150, 1), (1000, 5), (6, 1100), (448, 449), (895, 447)]
+
+
+@pytest.mark.parametrize("name", [*PRESETS, *REAL_CONFIGS])
+def test_equals_transformers_at_random_sizes_and_extreme_aspects(folders, name):
+    folder = folders[name]
+    mine, ref = load_image_processor(folder), _reference(folder)
+    for size in _random_sizes():
+        image = _image(size, seed=3)
+        for kwargs in CALL_KWARGS.get(_base_type(folder), [{}]):
+            assert_same_output(mine(images=[image], **kwargs), ref(images=[image], return_tensors="np", **kwargs))
+
+
 def test_several_images_in_one_call(folders):
     images = [_image((333, 127), 1), _image((200, 600), 2)]
     for name in ("tiny-qwen2-vl", "tiny-llava", "internvl3-hf", "smolvlm", "tiny-idefics3"):
