@@ -283,6 +283,8 @@ def test_bad_inputs(folders):
         qwen(images=[])
     with pytest.raises(TypeError, match="unexpected keyword"):
         qwen(images=[_image((64, 48))], crop_to_patches=True)
+    with pytest.raises(InputError, match="would be resized to 336x1008000"):  # CLIP: shortest edge 336 at 1:3000
+        load_image_processor(folders["llava-1.5"])(images=[_image((1, 3000))])
     with pytest.raises(TypeError, match="numpy"):
         qwen(images=[_image((64, 48))], return_tensors="pt")
 

@@ -19,6 +19,9 @@ from PIL import Image
 
 from rlens.errors import InputError, ModelError
 
+# No resize may produce more pixels than this (1.6 GB as float32 RGB): a config or an aspect ratio
+# that asks for more is refused instead of exhausting memory (transformers has no such bound).
+MAX_RESIZE_PIXELS = 1 << 27
 # PIL's resampling filter numbers, the values image processor configs store under "resample".
 RESAMPLE_NAMES = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
 
@@ -57,8 +60,9 @@ def rgb_array(image: Any, convert: bool) -> np.ndarray:
 
 def resize(arr: np.ndarray, height: int, width: int, resample: Image.Resampling) -> np.ndarray:
     """``uint8`` [H, W, C] resized by PIL to (height, width)."""
-    if height < 1 or width < 1:
-        raise InputError(f"the image would be resized to {width}x{height} pixels")
+    if height < 1 or width < 1 or height * width > MAX_RESIZE_PIXELS:
+        raise InputError(f"the {arr.shape[1]}x{arr.shape[0]} image would be resized to {width}x{height} pixels "
+                         f"(the image processor allows 1 to {MAX_RESIZE_PIXELS})")
     out = Image.fromarray(arr).resize((int(width), int(height)), resample=resample, reducing_gap=None)
     return np.asarray(out)
 
