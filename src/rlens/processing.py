@@ -47,10 +47,11 @@ class Processor:
 
     @property
     def image_processor(self) -> Any:
+        """rlens' numpy + PIL image processor for the folder's config (never transformers, never code)."""
         if self._image_processor is None:
-            from transformers import AutoImageProcessor
+            from rlens.imageproc import load_image_processor
 
-            self._image_processor = AutoImageProcessor.from_pretrained(str(self.folder))
+            self._image_processor = load_image_processor(self.folder)
         return self._image_processor
 
     def render(self, prompt: str) -> str:
