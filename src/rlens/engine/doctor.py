@@ -27,9 +27,11 @@ from typing import Any, Callable
 import numpy as np
 
 from rlens.errors import InputError, RlensError
+from rlens.plugins import DOCTOR_BUNDLE
+
 
 REPO = Path(__file__).resolve().parents[3]
-DEFAULT_BUNDLE = REPO / "plugins" / "doctor" / "bundle-hollow-fp16"
+DEFAULT_BUNDLE = DOCTOR_BUNDLE
 #: prefill shape of the timings: 1024 visual tokens after 16 text tokens, 1100 in all
 TIMING_SEQ, TIMING_SPAN, TIMING_WINDOW = 1100, (16, 1024), 64
 
@@ -341,16 +343,6 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("doctor", help="check this device: GPU, TensorRT, plugin, kernels, a tiny engine (no torch)",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE,
-                   help=f"plugin-mode bundle to build and compare (default: the shipped {DEFAULT_BUNDLE.name})")
-    p.add_argument("--reps", type=int, default=20, help="timed repetitions per measurement (default 20)")
-    p.add_argument("--json", type=Path, default=None, help="also write the table as JSON to this file")
-    p.set_defaults(func=_main)
-
-
 def _main(args: argparse.Namespace) -> int:
     if args.reps < 1:
         raise InputError(f"--reps must be at least 1, got {args.reps}")
@@ -361,4 +353,4 @@ def _main(args: argparse.Namespace) -> int:
     return 1 if any(r.status == "FAIL" for r in doc.rows) else 0
 
 
-__all__ = ["Doctor", "Row", "add_parser", "format_table", "prefill_feeds", "run_doctor"]
+__all__ = ["Doctor", "Row", "format_table", "prefill_feeds", "run_doctor"]

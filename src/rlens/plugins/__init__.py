@@ -21,6 +21,8 @@ from rlens.errors import RlensError
 LIBRARY_NAME = "librlens_trt_plugins.so"
 KERNEL_LIBRARY_NAME = "librlens_hollow_kernel.so"
 ENV_VAR = "RLENS_PLUGIN_LIB"
+#: the plugin-mode bundle shipped for ``rlens doctor`` (a checkout's plugins/doctor/)
+DOCTOR_BUNDLE = Path(__file__).resolve().parents[3] / "plugins" / "doctor" / "bundle-hollow-fp16"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _REPO_ROOT = _PACKAGE_DIR.parents[2]  # <repo>/src/rlens/plugins -> <repo>
