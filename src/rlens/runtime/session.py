@@ -244,10 +244,11 @@ class Session:
 
 
 def _warm_image_decoders() -> None:
-    """PIL registers its file-format plugins on first open; do that during load."""
+    """PIL imports its common format plugins (PNG, JPEG, BMP, GIF, PPM) on first open; do that during
+    load (``preinit``: the rarer formats are still imported on demand, as ``Image.open`` does)."""
     from PIL import Image
 
-    Image.init()
+    Image.preinit()
 
 
 def _one_image(images: Any) -> Any:
