@@ -185,7 +185,7 @@ class ExportConfig:
                                      metavar="T", parse=float)
     overwrite: bool = option(False, "replace an existing bundle folder")
     vision: bool = True
-    external_data: bool | None = None  # None: only when a graph would pass 2 GiB
+    external_data: bool | None = None  # None: when a graph's weights pass export.bundle.INLINE_LIMIT (256 MiB)
 
     def __post_init__(self) -> None:
         checks = [(self.attention in ATTENTION_MODES,

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from rlens.models import load_model
     from rlens.plan import empty_plan, load_plan
 
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype)
     config = export_config(args)
     info = loaded.info()
     plan = load_plan(args.plan, info) if args.plan else empty_plan(info)
@@ -53,7 +53,7 @@ def write_bundle(loaded, plan, out, config) -> int:
     from rlens.export import bundle_from_plan
 
     t0 = time.perf_counter()
-    path = bundle_from_plan(loaded, plan, out, config)
+    path = bundle_from_plan(loaded, plan, out, config, consume=True)  # the CLI needs the model no more
     manifest = json.loads((path / "manifest.json").read_text())
     diffs = manifest.get("verification") or {}
     print(f"rlens: wrote {path} ({plan.summary()}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

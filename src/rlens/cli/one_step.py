@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         from rlens.engine.build import import_tensorrt
 
         import_tensorrt()  # fail now, not after a long export
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype)
     info = loaded.info()
     if args.plan:
         plan = load_plan(args.plan, info)

@@ -20,7 +20,7 @@ from rlens.attention_modes import DEFAULT_ATTENTION_MODE, HollowCall, attention_
 from rlens.export import attention as att
 from rlens.export import ffn as ffn_mod
 from rlens.export import tokens as tok
-from rlens.export.graph import GraphBuilder
+from rlens.export.graph import GraphBuilder, WeightFile
 from rlens.plan import LayerPlan, Plan
 from rlens.plugins.spec import HOLLOW_ATTENTION
 
@@ -129,7 +129,7 @@ def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim:
     w, bias = _np(lin.weight), None if lin.bias is None else _np(lin.bias)
     if scale != 1.0:
         w, bias = w * np.float32(scale), None if bias is None else bias * np.float32(scale)
-    y = b.op("MatMul", [x, b.weight(f"{name}.weight_t", w.T.astype(b.np_float))], label="MatMul")
+    y = b.op("MatMul", [x, b.weight(f"{name}.weight_t", w.T, b.np_float)], label="MatMul")
     if bias is not None:
         y = b.op("Add", [y, b.weight(f"{name}.bias", bias.astype(b.np_float))], label="bias")
     y = b.op("Reshape", [y, b.const([0, 0, heads, head_dim])])
@@ -171,7 +171,7 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
     out = b.op("Reshape", [b.op("Transpose", [out], perm=[0, 2, 1, 3]), b.const([0, 0, -1])])
     with b.scope("o_proj"):
         wo = attn.o_proj
-        y = b.op("MatMul", [out, b.weight(f"{pre}.o_proj.weight_t", _np(wo.weight).T.astype(b.np_float))])
+        y = b.op("MatMul", [out, b.weight(f"{pre}.o_proj.weight_t", _np(wo.weight).T, b.np_float)])
         if wo.bias is not None:
             y = b.op("Add", [y, b.weight(f"{pre}.o_proj.bias", _np(wo.bias).astype(b.np_float))])
     return y
@@ -291,10 +291,11 @@ def _prune(b: GraphBuilder, ctx: _Ctx, x32: str) -> str:
 
 
 def decoder_model(loaded: Any, plan: Plan, mode: str = DEFAULT_ATTENTION_MODE, dtype: str = "fp32",
-                  opset: int = 18) -> onnx.ModelProto:
-    """The decoder ModelProto (weights inline; the writer moves them to external data)."""
+                  opset: int = 18, weights: WeightFile | None = None) -> onnx.ModelProto:
+    """The decoder ModelProto: weights inline, or streamed to ``weights`` as they are made (then the
+    proto only points at them and the model's weights are never held a second time)."""
     geo = geometry(loaded)
-    b = GraphBuilder("decoder", dtype)
+    b = GraphBuilder("decoder", dtype, weights)
     ctx = _Ctx(loaded, plan, geo, mode)
     ctx.shared = _shared(b, ctx)
     x32 = b.cast("inputs_embeds", "fp32")
@@ -307,8 +308,8 @@ def decoder_model(loaded: Any, plan: Plan, mode: str = DEFAULT_ATTENTION_MODE, d
     with b.scope("final"):
         last = b.slice(x32, b.const([-1]), b.const([2**62]), 1)
         h = rms_norm(b, last, _np(lm.norm.weight), _eps(lm.norm), "norm.weight")
-        head = _np(ctx.family.lm_head(loaded.model).weight).T.astype(b.np_float)
-        logits = b.cast(b.op("MatMul", [h, b.weight("lm_head.weight_t", head)], label="lm_head"), "fp32")
+        head = _np(ctx.family.lm_head(loaded.model).weight).T
+        logits = b.cast(b.op("MatMul", [h, b.weight("lm_head.weight_t", head, b.np_float)], label="lm_head"), "fp32")
         b.output(logits, "logits")
     ins, outs = _io(geo, b.onnx_float, first_pruned)
     graph = helper.make_graph(b.nodes, "rlens_decoder", ins, outs, b.initializers)
