@@ -54,9 +54,12 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig) ->
     plan.save(folder / "plan.json")
     graphs: dict[str, Any] = {}
     diffs: dict[str, float] = {}
-    dec = decoder_model(loaded, plan, config.attention, config.dtype, config.opset)
+    dec = decoder_model(loaded, plan, config.attention, config.dtype, config.opset, config.resolved_ops)
     graphs["decoder"] = {"files": save_onnx(dec, folder / "decoder.onnx", config.external_data), **_io_table(dec)}
     del dec
+    quantization = None
+    if config.weights != "float":
+        quantization = _quantize(loaded, plan, folder, config, graphs, diffs)
     emb = embed_model(loaded, config.opset, config.dtype)
     graphs["embed_tokens"] = {"files": save_onnx(emb, folder / "embed_tokens.onnx", config.external_data),
                               **_io_table(emb)}
@@ -73,10 +76,43 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig) ->
     if config.verify:
         geo = geometry(loaded)
         dt = np.float16 if config.dtype == "fp16" else np.float32
-        diffs["decoder"] = check_decoder(_session(folder / "decoder.onnx"), loaded, plan, geo, dtype=dt).max_abs_diff
+        if quantization is None:
+            diffs["decoder"] = check_decoder(_session(folder / "decoder.onnx"), loaded, plan, geo,
+                                             dtype=dt).max_abs_diff
         diffs["embed_tokens"] = _check_embed(loaded, folder / "embed_tokens.onnx")
         _enforce(diffs, config.max_abs_diff)
-    write_manifest(folder, _manifest(loaded, plan, config, graphs, diffs, visual_tokens, image_size))
+    body = _manifest(loaded, plan, config, graphs, diffs, visual_tokens, image_size)
+    body["weights"] = quantization or {"weights": "float"}
+    write_manifest(folder, body)
+
+
+def _quantize(loaded: Any, plan: Plan, folder: Path, config: ExportConfig, graphs: dict[str, Any],
+              diffs: dict[str, float]) -> dict[str, Any]:
+    """Verify the float decoder (when asked), quantize its weights in place, and record the
+    quantized graph's logit difference from the float graph on the verification sample."""
+    from rlens.export.quantize import quantize_decoder
+    from rlens.export.verify import sample
+
+    path = folder / "decoder.onnx"
+    geo = geometry(loaded)
+    dt = np.float16 if config.dtype == "fp16" else np.float32
+    feeds = sample(geo, 0, 1, 24, (3, 14), dtype=dt).feeds
+    float_logits = None
+    if config.verify:
+        diffs["decoder"] = check_decoder(_session(path), loaded, plan, geo, dtype=dt).max_abs_diff
+        float_logits = _session(path).run(["logits"], feeds)[0]
+    model = onnx.load(str(path))
+    for name in graphs["decoder"]["files"]:
+        (folder / name).unlink()
+    model, record = quantize_decoder(model, config.weights, config.resolved_ops, config.weights_block)
+    graphs["decoder"]["files"] = save_onnx(model, path, config.external_data)
+    del model
+    if float_logits is not None:
+        got = _session(path).run(["logits"], feeds)[0]
+        record["logits_max_abs_diff_vs_float"] = float(np.max(np.abs(got.astype(np.float64) - float_logits)))
+        record["greedy_token_agrees"] = bool(np.argmax(got[0, -1]) == np.argmax(float_logits[0, -1]))
+        record["verified"] = "the float decoder, before quantization (verification.max_abs_diff.decoder)"
+    return record
 
 
 def sample_size(loaded: Any) -> tuple[int, int]:
@@ -137,7 +173,7 @@ def _manifest(loaded: Any, plan: Plan, config: ExportConfig, graphs: dict[str, A
     return {
         "format": FORMAT, "version": VERSION,
         "family": fam.name, "architecture": fam.model_class, "source": loaded.source,
-        "dtype": config.dtype, "attention": config.attention, "opset": config.opset,
+        "dtype": config.dtype, "attention": config.attention, "opset": config.opset, "ops": config.resolved_ops,
         "model": {**fam.sizes(cfg), "rope_kind": fam.rope_kind,
                   "mrope_section": list(geo.mrope_section) if geo.mrope_section else None,
                   "max_position_embeddings": int(max_pos) if max_pos else None},
