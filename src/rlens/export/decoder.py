@@ -193,10 +193,16 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
         b.output(v_all, f"present.{i}.value")
         return _o_proj(b, attn, pre, out)
     if _uses_fused(ctx, i):
-        q, k, v = _qkv_packed(b, ctx, i, x, scale)
-        q = fused.to_heads(b, q, geo.heads, geo.head_dim)
-        k = fused.to_heads(b, k, geo.kv_heads, geo.head_dim)
-        v = fused.to_heads(b, v, geo.kv_heads, geo.head_dim)
+        qkv = _qkv_packed(b, ctx, i, x, scale)
+        k_all = b.op("Concat", [past[0], fused.to_heads(b, qkv[1], geo.kv_heads, geo.head_dim)], axis=2)
+        v_all = b.op("Concat", [past[1], fused.to_heads(b, qkv[2], geo.kv_heads, geo.head_dim)], axis=2)
+        b.output(k_all, f"present.{i}.key")
+        b.output(v_all, f"present.{i}.value")
+        with b.scope("HollowAttention"):
+            out = fused.hollow_attention(b, qkv, past, (k_all, v_all), ctx.shared.span_input, lp.hollow_window,
+                                         ctx.shared.key_mask, (geo.heads, geo.kv_heads), geo.head_dim,
+                                         ctx.shared.fused)
+        return _o_proj(b, attn, pre, out)
     else:
         q, k, v = _qkv(b, ctx, i, x, scale if folded else 1.0)
     k_all = b.op("Concat", [past[0], k], axis=2, label="concat_past_key")
