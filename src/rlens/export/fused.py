@@ -200,7 +200,7 @@ def hollow_attention(b: GraphBuilder, qkv: tuple[str, str, str], past: tuple[str
             k5, v5 = (sb.op("Unsqueeze", [x, sb.const([2])]) for x in kv_all)
             t5 = att._text_rows(sb, q5, k5, v5, d, None, key_mask)
             text = sb.op("Transpose", [att.ungroup(sb, t5)], perm=[0, 2, 1, 3])
-            text = sb.op("Reshape", [text, sb.const([0, 0, -1])])
+            text = sb.op("Reshape", [text, sb.const([0, 0, heads[0] * head_dim])])  # may have 0 rows
         with sb.scope("visual"):
             a1 = sb.op("Unsqueeze", [d["abs_start"], sb.const([0])])
             allowed = att._visual_allowed(sb, key_mask, nb, wb, a1, w)
