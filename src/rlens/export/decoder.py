@@ -44,8 +44,7 @@ def _np(t: Any) -> np.ndarray:
 def geometry(loaded: Any) -> DecoderGeometry:
     fam, model = loaded.family, loaded.model
     s = fam.sizes(model.config)
-    rot = fam.language_model(model).rotary_emb
-    section = tuple(int(x) for x in rot.mrope_section) if fam.rope_kind == "mrope" else None
+    section = fam.rope(model).mrope_section
     return DecoderGeometry(s["num_layers"], s["hidden_size"], s["num_heads"], s["num_kv_heads"],
                            s["head_dim"], s["vocab_size"], section)
 
@@ -86,8 +85,8 @@ def rms_norm(b: GraphBuilder, x32: str, weight: np.ndarray, eps: float, name: st
 def _rope_tables(b: GraphBuilder, loaded: Any, geo: DecoderGeometry) -> tuple[str, str, str, str]:
     """cos, sin [B, 1, S, D] and their halves [B, S, D/2] from ``position_ids`` (M-RoPE: per-frequency
     position row)."""
-    rot = loaded.family.language_model(loaded.model).rotary_emb
-    inv_freq = _np(rot.inv_freq).astype(np.float32)
+    rope = loaded.family.rope(loaded.model)
+    inv_freq = rope.inv_freq
     with b.scope("rotary"):
         pos = b.op("Unsqueeze", [b.op("Cast", ["position_ids"], to=TensorProto.FLOAT), b.const([-1])])
         freqs = b.op("Mul", [pos, b.const(inv_freq, np.float32)], label="freqs")
@@ -96,7 +95,7 @@ def _rope_tables(b: GraphBuilder, loaded: Any, geo: DecoderGeometry) -> tuple[st
             onehot = (np.arange(3)[:, None] == rows[None, :]).astype(np.float32)[:, None, None, :]
             freqs = b.op("ReduceSum", [b.op("Mul", [freqs, b.const(onehot, np.float32)], label="sections"),
                                        b.const([0])], keepdims=0)
-        scale = float(getattr(rot, "attention_scaling", 1.0))
+        scale = rope.attention_scaling
         cos, sin = b.op("Cos", [freqs]), b.op("Sin", [freqs])
         if scale != 1.0:
             cos = b.op("Mul", [cos, b.const(scale, np.float32)])
@@ -147,14 +146,15 @@ def _uses_fused(ctx: _Ctx, i: int) -> bool:
 
 def _qkv(b: GraphBuilder, ctx: _Ctx, i: int, x: str, scale: float) -> tuple[str, str, str]:
     """q, k, v as [B, heads, S, D] with RoPE applied; ``scale`` folded into q."""
-    geo, attn = ctx.geo, ctx.family.attention(ctx.layers[i])
+    geo = ctx.geo
+    qp, kp, vp, _ = ctx.family.attention_projections(ctx.family.attention(ctx.layers[i]))
     pre = f"layers.{i}.attn"
     with b.scope("q_proj"):
-        q = _project(b, x, attn.q_proj, f"{pre}.q_proj", geo.heads, geo.head_dim, scale)
+        q = _project(b, x, qp, f"{pre}.q_proj", geo.heads, geo.head_dim, scale)
     with b.scope("k_proj"):
-        k = _project(b, x, attn.k_proj, f"{pre}.k_proj", geo.kv_heads, geo.head_dim)
+        k = _project(b, x, kp, f"{pre}.k_proj", geo.kv_heads, geo.head_dim)
     with b.scope("v_proj"):
-        v = _project(b, x, attn.v_proj, f"{pre}.v_proj", geo.kv_heads, geo.head_dim)
+        v = _project(b, x, vp, f"{pre}.v_proj", geo.kv_heads, geo.head_dim)
     with b.scope("rotary"):
         q = _rotate(b, q, ctx.shared.cos, ctx.shared.sin, geo.head_dim // 2)
         k = _rotate(b, k, ctx.shared.cos, ctx.shared.sin, geo.head_dim // 2)
@@ -163,8 +163,8 @@ def _qkv(b: GraphBuilder, ctx: _Ctx, i: int, x: str, scale: float) -> tuple[str,
 
 def _qkv_packed(b: GraphBuilder, ctx: _Ctx, i: int, x: str, scale: float) -> tuple[str, str, str]:
     """q, k, v as [B, S, heads*D] from one MatMul, RoPE applied by the contrib op."""
-    geo, attn = ctx.geo, ctx.family.attention(ctx.layers[i])
-    lins = (attn.q_proj, attn.k_proj, attn.v_proj)
+    geo = ctx.geo
+    lins = ctx.family.attention_projections(ctx.family.attention(ctx.layers[i]))[:3]
     ws = [_np(m.weight) for m in lins]
     bs = [None if m.bias is None else _np(m.bias) for m in lins]
     ws[0], bs[0] = ws[0] * np.float32(scale), None if bs[0] is None else bs[0] * np.float32(scale)
@@ -179,7 +179,8 @@ def _qkv_packed(b: GraphBuilder, ctx: _Ctx, i: int, x: str, scale: float) -> tup
 def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None) -> str:
     geo, attn = ctx.geo, ctx.family.attention(ctx.layers[i])
     pre = f"layers.{i}.attn"
-    scale = float(attn.scaling)
+    scale = ctx.family.attention_scale(attn)
+    o_proj = ctx.family.attention_projections(attn)[3]
     hollow = lp is not None and lp.hollow_window is not None
     # The attention scale is folded into q_proj (RoPE is linear), except for the plugin node,
     # which takes unscaled q and its ``scale`` attribute.
@@ -191,7 +192,7 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
                                                         ctx.shared.fused)
         b.output(k_all, f"present.{i}.key")
         b.output(v_all, f"present.{i}.value")
-        return _o_proj(b, attn, pre, out)
+        return _o_proj(b, o_proj, pre, out)
     if _uses_fused(ctx, i):
         qkv = _qkv_packed(b, ctx, i, x, scale)
         k_all = b.op("Concat", [past[0], fused.to_heads(b, qkv[1], geo.kv_heads, geo.head_dim)], axis=2)
@@ -202,7 +203,7 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
             out = fused.hollow_attention(b, qkv, past, (k_all, v_all), ctx.shared.span_input, lp.hollow_window,
                                          ctx.shared.key_mask, (geo.heads, geo.kv_heads), geo.head_dim,
                                          ctx.shared.fused)
-        return _o_proj(b, attn, pre, out)
+        return _o_proj(b, o_proj, pre, out)
     else:
         q, k, v = _qkv(b, ctx, i, x, scale if folded else 1.0)
     k_all = b.op("Concat", [past[0], k], axis=2, label="concat_past_key")
@@ -221,12 +222,11 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
         out5 = att.dense_attention(b, q5, k5, v5, ctx.shared.causal, None)
         out = att.ungroup(b, out5)
     out = b.op("Reshape", [b.op("Transpose", [out], perm=[0, 2, 1, 3]), b.const([0, 0, -1])])
-    return _o_proj(b, attn, pre, out)
+    return _o_proj(b, o_proj, pre, out)
 
 
-def _o_proj(b: GraphBuilder, attn: Any, pre: str, out: str) -> str:
+def _o_proj(b: GraphBuilder, wo: Any, pre: str, out: str) -> str:
     with b.scope("o_proj"):
-        wo = attn.o_proj
         y = b.op("MatMul", [out, b.weight(f"{pre}.o_proj.weight_t", _np(wo.weight).T.astype(b.np_float))])
         if wo.bias is not None:
             y = b.op("Add", [y, b.weight(f"{pre}.o_proj.bias", _np(wo.bias).astype(b.np_float))])
@@ -307,16 +307,15 @@ def _add_norm(b: GraphBuilder, ctx: _Ctx, x32: str, delta: str | None, norm: Any
 
 def _layer(b: GraphBuilder, ctx: _Ctx, i: int, x32: str, delta: str | None) -> tuple[str, str]:
     """(residual stream before the FFN output is added, FFN output): the next norm adds them."""
-    layer = ctx.layers[i]
+    norm1, norm2 = ctx.family.layer_norms(ctx.layers[i])
     lp = ctx.plan.layer(i)
     with b.scope(f"layers.{i}"):
         with b.scope("input_norm"):
-            h, x32 = _add_norm(b, ctx, x32, delta, layer.input_layernorm, f"layers.{i}.input_layernorm.weight")
+            h, x32 = _add_norm(b, ctx, x32, delta, norm1, f"layers.{i}.input_layernorm.weight")
         with b.scope("attn"):
             a = _attention(b, ctx, i, h, lp)
         with b.scope("post_attention_norm"):
-            h, x32 = _add_norm(b, ctx, x32, a, layer.post_attention_layernorm,
-                               f"layers.{i}.post_attention_layernorm.weight")
+            h, x32 = _add_norm(b, ctx, x32, a, norm2, f"layers.{i}.post_attention_layernorm.weight")
         with b.scope("mlp"):
             f = _ffn(b, ctx, i, h, lp)
         return x32, f
@@ -372,6 +371,7 @@ def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dty
     ``ops``: "standard" (ONNX ops only) or "ort" (ONNX Runtime contrib ops, :mod:`.fused`)."""
     if ops not in ("standard", "ort") or (ops == "ort" and attention_mode == "plugin"):
         raise ValueError(f"ops={ops!r} with attention={attention_mode!r}: the plugin mode takes standard ops")
+    loaded.family.check_exportable(loaded.model)
     geo = geometry(loaded)
     b = GraphBuilder("decoder", dtype)
     ctx = _Ctx(loaded, plan, geo, attention_mode, ops)
@@ -383,11 +383,10 @@ def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dty
             x32 = b.op("Add", [x32, b.cast(delta, "fp32")], label="residual") if delta is not None else x32
             x32, delta = _prune(b, ctx, x32), None
         x32, delta = _layer(b, ctx, i, x32, delta)
-    lm = ctx.family.language_model(loaded.model)
     with b.scope("final"):
         last = b.slice(x32, b.const([-1]), b.const([2**62]), 1)
         last_delta = b.slice(delta, b.const([-1]), b.const([2**62]), 1)
-        h, _ = _add_norm(b, ctx, last, last_delta, lm.norm, "norm.weight")
+        h, _ = _add_norm(b, ctx, last, last_delta, ctx.family.final_norm(loaded.model), "norm.weight")
         head = _np(ctx.family.lm_head(loaded.model).weight).T.astype(b.np_float)
         logits = b.cast(b.op("MatMul", [h, b.weight("lm_head.weight_t", head)], label="lm_head"), "fp32")
         b.output(logits, "logits")
