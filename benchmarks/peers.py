@@ -202,15 +202,17 @@ class Eager:
     def run(self, record: bool = True) -> np.ndarray:
         import torch
 
+        from rlens import hf_compat
+
         lay, m = self.lay, self.model
         with torch.no_grad():
             t0 = time.perf_counter()
             out = m.model(inputs_embeds=torch.from_numpy(lay.embeds), use_cache=True)
             logits = m.lm_head(out.last_hidden_state[:, -1:])
             t1 = time.perf_counter()
-            cache = out.past_key_values
+            cache, kw = out.past_key_values, hf_compat.cache_kwarg(m.model)
             for x in lay.steps:
-                o = m.model(inputs_embeds=torch.from_numpy(x), past_key_values=cache, use_cache=True)
+                o = m.model(inputs_embeds=torch.from_numpy(x), use_cache=True, **{kw: cache})
                 cache = o.past_key_values
                 m.lm_head(o.last_hidden_state[:, -1:])
             t2 = time.perf_counter()

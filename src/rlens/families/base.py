@@ -203,7 +203,9 @@ class Family:
 
     @classmethod
     def attention_scale(cls, attn: Any) -> float:
-        return float(attn.scaling)
+        from rlens import hf_compat
+
+        return hf_compat.attention_scaling(attn)
 
     @classmethod
     def rope(cls, model: Any) -> RopeSpec:
@@ -211,10 +213,12 @@ class Family:
         per-axis frequency sections (positions come as [3, B, S])."""
         import numpy as np
 
-        rot = cls.language_model(model).rotary_emb
-        inv_freq = rot.inv_freq.detach().to("cpu").float().numpy().astype(np.float32)
-        section = tuple(int(x) for x in rot.mrope_section) if cls.rope_kind == "mrope" else None
-        return RopeSpec(inv_freq, float(getattr(rot, "attention_scaling", 1.0)), section)
+        from rlens import hf_compat
+
+        lm = cls.language_model(model)
+        inv_freq = hf_compat.rotary_inv_freq(lm).detach().to("cpu").float().numpy().astype(np.float32)
+        section = hf_compat.mrope_section(lm) if cls.rope_kind == "mrope" else None
+        return RopeSpec(inv_freq, hf_compat.rotary_attention_scaling(lm), section)
 
     @classmethod
     def layer_extras(cls, layer: Any) -> tuple[str, ...]:
