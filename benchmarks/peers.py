@@ -336,8 +336,14 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="A/B pairs per comparison (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for every contestant (default 2)")
     ap.add_argument("--work", metavar="DIR", help="keep the built models here and reuse them (default: temporary)")
+    ap.add_argument("--pairs", help="only these comparisons, e.g. 'reduced_ort/genai_fp32,eager/genai_fp32' "
+                                    "(default: all of PAIRS)")
     ap.add_argument("--json", default="benchmarks/results/peers.json")
     args = ap.parse_args()
+    pairs = [tuple(p.split("/")) for p in args.pairs.split(",")] if args.pairs else PAIRS
+    unknown = [p for p in pairs if p not in PAIRS]
+    if unknown:
+        ap.error(f"unknown pairs {unknown}; choose from {['/'.join(p) for p in PAIRS]}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -345,7 +351,7 @@ def main() -> int:
         hidden = 896
         lay = Layout(args.visual_tokens, args.text_tokens, hidden, args.decode_tokens)
         rows = []
-        for a, b in PAIRS:
+        for a, b in pairs:
             gone = [n for n in (a, b) if n in missing]
             rows.append({"a": a, "b": b, "skipped": "; ".join(f"{n}: {missing[n]}" for n in gone)} if gone
                         else time_pair(a, b, paths, lay, args, kv))
