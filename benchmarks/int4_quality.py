@@ -27,6 +27,11 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Photosynthesi
            "Once upon a time, in a small village,", "The three primary colors are", "To install a Python package, run"]
 
 
+#: name: (weights, MatMulNBits accuracy_level (4: int8 activations, 1: fp32), MatMuls kept float)
+VARIANTS = {"int8": ("int8", 4, ()), "int4": ("int4", 4, ()), "int4 fp32-act": ("int4", 1, ()),
+            "int4 head-fp32": ("int4", 4, ("lm_head",))}
+
+
 def load_smollm():
     """(tokenizer, LlamaForCausalLM) de-quantized from the package's GGUF file (offline)."""
     import transformers
@@ -121,9 +126,11 @@ def main() -> int:
     base = decoder_model(loaded, empty_plan(loaded.info()), ops="ort")
     runners = {"fp32": Runner(base, s["num_layers"], kv)}
     records = {}
-    for w in ("int8", "int4"):
-        q, records[w] = quantize_decoder(decoder_model(loaded, empty_plan(loaded.info()), ops="ort"), w, "ort")
-        runners[w] = Runner(q, s["num_layers"], kv)
+    for name, (w, level, keep) in VARIANTS.items():
+        q, records[name] = quantize_decoder(decoder_model(loaded, empty_plan(loaded.info()), ops="ort"), w, "ort",
+                                            accuracy_level=level, keep_float=keep)
+        runners[name] = Runner(q, s["num_layers"], kv)
+        del q
     report = evaluate(runners, tok, table, args.tokens)
     report.update({"model": loaded.source, "tokens_per_prompt": args.tokens, "prompts": PROMPTS,
                    "quantization": records})
@@ -159,11 +166,11 @@ def evaluate(runners: dict, tok, table: np.ndarray, n: int) -> dict:
 
 def table_text(r: dict) -> str:
     lines = [f"{r['model']}: {len(r['prompts'])} prompts x {r['tokens_per_prompt']} greedy tokens of the fp32 graph "
-             "(teacher forcing)", f"{'weights':<8} {'agreement':>10} {'first divergence':>28} {'max |dlogit|':>13}"
+             "(teacher forcing)", f"{'weights':<15} {'agreement':>10} {'first divergence':>28} {'max |dlogit|':>13}"
              f" {'mean |dlogit|':>14} {'bytes / fp32':>13}"]
     for w, x in r["results"].items():
         q = r["quantization"][w]
-        lines.append(f"{w:<8} {x['agreement']:>10.3f} {str(x['first_divergence']):>28} {x['max_abs']:>13.3f} "
+        lines.append(f"{w:<15} {x['agreement']:>10.3f} {str(x['first_divergence']):>28} {x['max_abs']:>13.3f} "
                      f"{x['mean_abs']:>14.4f} {q['weight_bytes'] / q['float_weight_bytes']:>13.3f}")
     return "\n".join(lines)
 

@@ -56,9 +56,10 @@ def _all_nodes(graph: onnx.GraphProto) -> Any:
 
 
 def quantize_decoder(model: onnx.ModelProto, weights: str, ops: str, block_size: int = 32,
-                     accuracy_level: int = 4) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """(quantized model, manifest record). ``weights`` "int8" | "int4"; ``ops`` "ort" | "standard"."""
-    targets = quantizable_matmuls(model)
+                     accuracy_level: int = 4, keep_float: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """(quantized model, manifest record). ``weights`` "int8" | "int4"; ``ops`` "ort" | "standard";
+    ``keep_float``: MatMuls whose node name contains one of these stay float (e.g. "lm_head")."""
+    targets = [n for n in quantizable_matmuls(model) if not any(k in n.name for k in keep_float)]
     names = {n.name for n in targets}
     before = _weight_bytes(model)
     if ops == "standard" and weights == "int8":
@@ -70,7 +71,7 @@ def quantize_decoder(model: onnx.ModelProto, weights: str, ops: str, block_size:
     record = {"weights": weights, "format": fmt, "symmetric": True,
               "block_size": None if fmt.endswith("channel") else block_size,
               "accuracy_level": accuracy_level if ops == "ort" else None,
-              "matmuls": len(names), "weight_bytes": _weight_bytes(model), "float_weight_bytes": before}
+              "matmuls": len(names), "kept_float": list(keep_float), "weight_bytes": _weight_bytes(model), "float_weight_bytes": before}
     log.info("weights %s: %d MatMuls quantized (%s), %d -> %d bytes", weights, len(names), fmt, before,
              record["weight_bytes"])
     return model, record
