@@ -27,9 +27,9 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Photosynthesi
            "Once upon a time, in a small village,", "The three primary colors are", "To install a Python package, run"]
 
 
-#: name: (weights, MatMulNBits accuracy_level (4: int8 activations, 1: fp32), MatMuls kept float)
-VARIANTS = {"int8": ("int8", 4, ()), "int4": ("int4", 4, ()), "int4 fp32-act": ("int4", 1, ()),
-            "int4 head-fp32": ("int4", 4, ("lm_head",))}
+#: name: (weights, MatMulNBits accuracy_level (4: int8 activations, 1: fp32), MatMuls kept float, symmetric)
+VARIANTS = {"int8": ("int8", 4, (), True), "int4": ("int4", 4, (), True), "int4 fp32-act": ("int4", 1, (), True),
+            "int4 head-fp32": ("int4", 4, ("lm_head",), True), "int4 asym": ("int4", 4, (), False)}
 
 
 def load_smollm():
@@ -126,9 +126,9 @@ def main() -> int:
     base = decoder_model(loaded, empty_plan(loaded.info()), ops="ort")
     runners = {"fp32": Runner(base, s["num_layers"], kv)}
     records = {}
-    for name, (w, level, keep) in VARIANTS.items():
+    for name, (w, level, keep, sym) in VARIANTS.items():
         q, records[name] = quantize_decoder(decoder_model(loaded, empty_plan(loaded.info()), ops="ort"), w, "ort",
-                                            accuracy_level=level, keep_float=keep)
+                                            accuracy_level=level, keep_float=keep, symmetric=sym)
         runners[name] = Runner(q, s["num_layers"], kv)
         del q
     report = evaluate(runners, tok, table, args.tokens)

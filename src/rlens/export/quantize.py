@@ -56,7 +56,8 @@ def _all_nodes(graph: onnx.GraphProto) -> Any:
 
 
 def quantize_decoder(model: onnx.ModelProto, weights: str, ops: str, block_size: int = 32,
-                     accuracy_level: int = 4, keep_float: tuple[str, ...] = ()) -> tuple[onnx.ModelProto, dict[str, Any]]:
+                     accuracy_level: int = 4, keep_float: tuple[str, ...] = (),
+                     symmetric: bool = True) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """(quantized model, manifest record). ``weights`` "int8" | "int4"; ``ops`` "ort" | "standard";
     ``keep_float``: MatMuls whose node name contains one of these stay float (e.g. "lm_head")."""
     targets = [n for n in quantizable_matmuls(model) if not any(k in n.name for k in keep_float)]
@@ -66,9 +67,9 @@ def quantize_decoder(model: onnx.ModelProto, weights: str, ops: str, block_size:
         model = _int8_per_channel_qdq(model, targets)
         fmt = "DequantizeLinear int8, per output channel"
     else:
-        model = _ort_quantizer(model, BITS[weights], block_size, accuracy_level, ops, names)
+        model = _ort_quantizer(model, BITS[weights], block_size, accuracy_level, ops, names, symmetric)
         fmt = ("com.microsoft::MatMulNBits" if ops == "ort" else "DequantizeLinear int4, block along K")
-    record = {"weights": weights, "format": fmt, "symmetric": True,
+    record = {"weights": weights, "format": fmt, "symmetric": symmetric or fmt.endswith("channel"),
               "block_size": None if fmt.endswith("channel") else block_size,
               "accuracy_level": accuracy_level if ops == "ort" else None,
               "matmuls": len(names), "kept_float": list(keep_float), "weight_bytes": _weight_bytes(model), "float_weight_bytes": before}
@@ -78,20 +79,20 @@ def quantize_decoder(model: onnx.ModelProto, weights: str, ops: str, block_size:
 
 
 def _ort_quantizer(model: onnx.ModelProto, bits: int, block_size: int, accuracy_level: int, ops: str,
-                   include: set[str]) -> onnx.ModelProto:
+                   include: set[str], symmetric: bool = True) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     qdq = ops == "standard"
     if qdq and model.opset_import[0].version < 21:
         raise ValueError("int4 DequantizeLinear with blocks needs opset 21")
-    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True,
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
                                           accuracy_level=None if qdq else accuracy_level,
                                           quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
                                           op_types_to_quantize=("MatMul",), bits=bits)
     exclude = [n.name for n in _all_nodes(model.graph) if n.op_type == "MatMul" and n.name not in include]
     with _quiet("onnxruntime.quantization"):
-        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
                                          accuracy_level=config.accuracy_level, nodes_to_exclude=exclude,
                                          algo_config=config)
         quantizer.process()
