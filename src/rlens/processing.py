@@ -39,6 +39,7 @@ class Processor:
             raise ModelError(f"{self.folder} has no tokenizer.json")
         self.tokenizer = Tokenizer.from_file(str(tok_file))
         self.chat_template = _read_chat_template(self.folder)
+        self._template: Any = None
         self._image_processor: Any = None
         tcfg = _read_json(self.folder / "tokenizer_config.json")
         eos = tcfg.get("eos_token")
@@ -47,18 +48,26 @@ class Processor:
 
     @property
     def image_processor(self) -> Any:
+        """rlens' numpy + PIL image processor for the folder's config (never transformers, never code)."""
         if self._image_processor is None:
-            from transformers import AutoImageProcessor
+            from rlens.imageproc import load_image_processor
 
-            self._image_processor = AutoImageProcessor.from_pretrained(str(self.folder))
+            self._image_processor = load_image_processor(self.folder)
         return self._image_processor
 
-    def render(self, prompt: str) -> str:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    @property
+    def template(self) -> Any:
+        """The chat template compiled once (a sandboxed jinja2 template: no code from the file runs)."""
+        if self._template is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            self._template = env.from_string(self.chat_template)
+        return self._template
+
+    def render(self, prompt: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True)
+        return self.template.render(messages=messages, add_generation_prompt=True)
 
     def prepare(self, image: Any, prompt: str) -> Prepared:
         """Tokenise the chat prompt with the image's visual tokens expanded; preprocess pixels."""
