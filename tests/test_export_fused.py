@@ -174,3 +174,18 @@ def test_config_errors():
     with pytest.raises(InputError, match="--weights"):
         ExportConfig(weights="int2")
     ExportConfig(ops="standard", weights="int4", opset=21)
+
+
+def test_bundle_records_ops_and_build_engine_refuses_ort_ops(tmp_path):
+    import json
+
+    from rlens.engine import EngineConfig, engine_from_bundle
+    from rlens.errors import BundleError
+    from rlens.export import bundle_from_plan
+
+    lm = load_model("tiny-llava")
+    bundle = bundle_from_plan(lm, Plan(model=lm.info()), tmp_path / "b", ExportConfig(verify=False, vision=False))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["ops"] == "ort" and manifest["weights"] == {"weights": "float"}
+    with pytest.raises(BundleError, match="--ops standard"):
+        engine_from_bundle(bundle, EngineConfig())
