@@ -44,15 +44,32 @@ class ExportConfig:
     overwrite: bool = False
     vision: bool = True
     external_data: bool | None = None  # None: when a graph's weights pass INLINE_LIMIT (256 MiB)
+    ops: str | None = None  # "standard" | "ort" (ONNX Runtime contrib ops); None: ort unless plugin
+    weights: str = "float"  # "float" (the dtype) | "int8" | "int4": weight-only, block-wise
+    weights_block: int = 32  # rows of K per quantization scale
 
     def __post_init__(self) -> None:
         checks = [(self.attention in ("portable", "plugin"), f"--attention must be portable or plugin, got {self.attention!r}"),
                   (self.dtype in ("fp32", "fp16"), f"--dtype must be fp32 or fp16, got {self.dtype!r}"),
                   (self.ffn_mode in (None, "static", "dynamic"), f"--ffn-mode must be static or dynamic, got {self.ffn_mode!r}"),
-                  (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}")]
+                  (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}"),
+                  (self.ops in (None, "standard", "ort"), f"--ops must be standard or ort, got {self.ops!r}"),
+                  (not (self.ops == "ort" and self.attention == "plugin"),
+                   "--attention plugin targets TensorRT, which parses standard ops only: use --ops standard"),
+                  (self.weights in ("float", "int8", "int4"), f"--weights must be float, int8 or int4, got {self.weights!r}"),
+                  (self.weights_block in (16, 32, 64, 128, 256), f"--weights-block must be 16, 32, 64, 128 or 256, got {self.weights_block}"),
+                  (self.weights == "float" or self.resolved_ops == "ort" or self.opset >= 21,
+                   f"--weights {self.weights} with --ops standard writes DequantizeLinear with int4/blocks: needs --opset 21")]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+
+    @property
+    def resolved_ops(self) -> str:
+        """The op set written: ``ort`` for ONNX Runtime bundles, ``standard`` for the plugin mode."""
+        if self.ops is not None:
+            return self.ops
+        return "standard" if self.attention == "plugin" else "ort"
 
     @property
     def max_abs_diff(self) -> float:
