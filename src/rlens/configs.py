@@ -18,6 +18,8 @@ from rlens.pruning import PRUNING_METHODS
 RANKINGS = ("greedy", "fast", "stats")
 FFN_MODES = ("static", "dynamic")
 DTYPES = ("fp32", "fp16")
+OPS = ("standard", "ort")
+WEIGHTS = ("float", "int8", "int4")
 DEFAULT_PROPORTION = 0.5
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 
@@ -184,18 +186,43 @@ class ExportConfig:
                                      f"{DEFAULT_TOLERANCE['fp32']:g} fp32, {DEFAULT_TOLERANCE['fp16']:g} fp16)",
                                      metavar="T", parse=float)
     overwrite: bool = option(False, "replace an existing bundle folder")
+    ops: str | None = option(None, "ort: ONNX Runtime contrib ops (GroupQueryAttention with the KV cache, "
+                             "RotaryEmbedding, SkipSimplifiedLayerNormalization, packed q/k/v) in unreduced layers "
+                             "and the text rows of reduced ones; standard: ONNX ops only, as TensorRT parses them "
+                             "(default: ort, standard with a plugin attention mode or --engine)", choices=OPS)
+    weights: str = option("float", "weight-only quantization after the FFN split, block-wise along K: MatMulNBits "
+                          "with --ops ort, DequantizeLinear (needs --opset 21) with --ops standard (float = --dtype)",
+                          choices=WEIGHTS)
+    weights_block: int = option(32, "rows of K per quantization scale: 16, 32, 64, 128 or 256", metavar="N")
     vision: bool = True
     external_data: bool | None = None  # None: when a graph's weights pass export.bundle.INLINE_LIMIT (256 MiB)
 
     def __post_init__(self) -> None:
+        plugin = self.attention in ATTENTION_MODES and ATTENTION_MODES[self.attention].needs_plugin
         checks = [(self.attention in ATTENTION_MODES,
                    f"--attention must be one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}"),
                   (self.dtype in DTYPES, f"--dtype must be fp32 or fp16, got {self.dtype!r}"),
                   (self.ffn_mode in (None, *FFN_MODES), f"--ffn-mode must be static or dynamic, got {self.ffn_mode!r}"),
-                  (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}")]
+                  (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}"),
+                  (self.ops in (None, *OPS), f"--ops must be standard or ort, got {self.ops!r}"),
+                  (not (self.ops == "ort" and plugin),
+                   f"--attention {self.attention} targets TensorRT, which parses standard ops only: use --ops standard"),
+                  (self.weights in WEIGHTS, f"--weights must be float, int8 or int4, got {self.weights!r}"),
+                  (self.weights_block in (16, 32, 64, 128, 256),
+                   f"--weights-block must be 16, 32, 64, 128 or 256, got {self.weights_block}"),
+                  (self.weights == "float" or self.resolved_ops == "ort" or self.opset >= 21,
+                   f"--weights {self.weights} with --ops standard writes DequantizeLinear with int4/blocks: needs --opset 21")]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+
+    @property
+    def resolved_ops(self) -> str:
+        """The op set written: ``ort`` for ONNX Runtime bundles, ``standard`` for a plugin mode."""
+        if self.ops is not None:
+            return self.ops
+        return "standard" if self.attention in ATTENTION_MODES and ATTENTION_MODES[self.attention].needs_plugin \
+            else "ort"
 
     @property
     def max_abs_diff(self) -> float:

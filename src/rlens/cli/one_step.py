@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from rlens.plan import empty_plan, load_plan
 
     export = export_config(args)  # flag errors before any work
+    if args.engine and export.ops is None:  # a TensorRT bundle keeps the standard ops
+        from dataclasses import replace
+
+        export = replace(export, ops="standard")
     if args.engine:
         from rlens.engine.build import import_tensorrt
 

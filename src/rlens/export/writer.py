@@ -67,9 +67,12 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig, *,
     spec = span_for_plan(plan, _max_positions(loaded.config))
     golden = decoder_golden(loaded, plan, geo, spec, dtype=dt) if config.verify else None
     with WeightFile(folder / "decoder.onnx.data") as weights:
-        dec = decoder_model(loaded, plan, config.attention, config.dtype, config.opset, weights)
+        dec = decoder_model(loaded, plan, config.attention, config.dtype, config.opset, weights, config.resolved_ops)
     graphs["decoder"] = {"files": save_onnx(dec, folder / "decoder.onnx", config.external_data), **_io_table(dec)}
     del dec
+    quantization = None
+    if config.weights != "float":
+        quantization = _quantize(folder, config, graphs, diffs, golden, geo, dt)
     with WeightFile(folder / "embed_tokens.onnx.data") as weights:
         emb = embed_model(loaded, config.opset, config.dtype, weights)
     graphs["embed_tokens"] = {"files": save_onnx(emb, folder / "embed_tokens.onnx", config.external_data),
@@ -90,15 +93,44 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig, *,
     if config.verify:
         diffs["embed_tokens"] = _check_embed(loaded, folder / "embed_tokens.onnx")
     body = _manifest(loaded, plan, config, graphs, diffs, visual_tokens, image_size)
+    body["weights"] = quantization or {"weights": "float"}
     if consume:
         loaded.model = None
         gc.collect()
     if golden is not None:
-        diffs["decoder"] = compare_decoder(_session(folder / "decoder.onnx"), golden, geo, dtype=dt).max_abs_diff
+        if quantization is None:  # a quantized decoder's float graph was compared before quantizing
+            diffs["decoder"] = compare_decoder(_session(folder / "decoder.onnx"), golden, geo, dtype=dt).max_abs_diff
         _enforce(diffs, config.max_abs_diff)
         body["verification"] = {"tolerance": config.max_abs_diff, "max_abs_diff": diffs,
                                 "decoder_inputs": spec.manifest()}
     write_manifest(folder, body)
+
+
+def _quantize(folder: Path, config: ExportConfig, graphs: dict[str, Any], diffs: dict[str, float],
+              golden: Any, geo: Any, dt: Any) -> dict[str, Any]:
+    """Verify the float decoder against ``golden`` (when given), quantize its weights in place, and
+    record the quantized graph's logit difference from the float graph on a fixed sample."""
+    from rlens.export.quantize import quantize_decoder
+    from rlens.export.verify import sample
+
+    path = folder / "decoder.onnx"
+    feeds = sample(geo, 0, 1, 24, (3, 14), dtype=dt).feeds
+    float_logits = None
+    if golden is not None:
+        diffs["decoder"] = compare_decoder(_session(path), golden, geo, dtype=dt).max_abs_diff
+        float_logits = _session(path).run(["logits"], feeds)[0]
+    model = onnx.load(str(path))
+    for name in graphs["decoder"]["files"]:
+        (folder / name).unlink()
+    model, record = quantize_decoder(model, config.weights, config.resolved_ops, config.weights_block)
+    graphs["decoder"]["files"] = save_onnx(model, path, config.external_data)
+    del model
+    if float_logits is not None:
+        got = _session(path).run(["logits"], feeds)[0]
+        record["logits_max_abs_diff_vs_float"] = float(np.max(np.abs(got.astype(np.float64) - float_logits)))
+        record["greedy_token_agrees"] = bool(np.argmax(got[0, -1]) == np.argmax(float_logits[0, -1]))
+        record["verified"] = "the float decoder, before quantization (verification.max_abs_diff.decoder)"
+    return record
 
 
 def _vision_fp32(loaded: Any) -> None:
@@ -180,7 +212,7 @@ def _manifest(loaded: Any, plan: Plan, config: ExportConfig, graphs: dict[str, A
     return {
         "format": FORMAT, "version": VERSION,
         "family": fam.name, "architecture": fam.model_class, "source": loaded.source,
-        "dtype": config.dtype, "attention": config.attention, "opset": config.opset,
+        "dtype": config.dtype, "attention": config.attention, "opset": config.opset, "ops": config.resolved_ops,
         "model": {**fam.sizes(cfg), "rope_kind": fam.rope_kind,
                   "mrope_section": list(geo.mrope_section) if geo.mrope_section else None,
                   "max_position_embeddings": max_pos},
