@@ -226,7 +226,10 @@ def test_llava_next_with_mistral_runs_through_the_reference():
                                               for i in range(2)))
         with reduced(model, exact, fam) as state:
             state.visual_span = (5, 20)
-            assert torch.equal(model(input_ids=ids).logits, ref)
+            got = model(input_ids=ids).logits
+            # Mistral's own attention runs SDPA without a mask (is_causal) under transformers 5.24;
+            # the reference passes its explicit mask, so the sums differ in the last bits (1.8e-7).
+            torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
         real = Plan(model=info, layers=(LayerPlan(1, hollow_window=2, ffn_keep=16, ffn_indices=tuple(range(16))),))
         with reduced(model, real, fam) as state:
             state.visual_span = (5, 20)
