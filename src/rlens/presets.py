@@ -69,7 +69,7 @@ def _qwen(name: str, family: str, cls: str, vision: dict[str, Any]) -> Preset:
                vision_end_token_id=ids["<|vision_end|>"], bos_token_id=ids["<|endoftext|>"],
                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
     return Preset(name, family, cls, cfg, sp, "<|im_end|>", _QWEN_TEMPLATE, "Qwen2VLImageProcessorPil",
-                  {"min_pixels": 112 * 112, "max_pixels": 112 * 112, "patch_size": 14,
+                  {"min_pixels": 56 * 56, "max_pixels": 224 * 224, "patch_size": 14,
                    "merge_size": 2, "temporal_patch_size": 2})
 
 

@@ -23,6 +23,12 @@ def add_export_flags(p: argparse.ArgumentParser) -> None:
                         "and leaves nothing when the max abs diff exceeds the tolerance)")
     p.add_argument("--tolerance", type=float, default=None, metavar="T",
                    help="max abs diff allowed at verification (default 1e-4 fp32, 5e-2 fp16)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="lower the processor's max pixels per image (Qwen2-VL/2.5-VL; default: the checkpoint's "
+                        "bound); written into the bundle's processor files and manifest")
+    p.add_argument("--max-tiles", type=int, default=None, metavar="N",
+                   help="lower the processor's max tiles per image (InternVL dynamic tiling; default: the "
+                        "checkpoint's bound)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
 
 
@@ -30,7 +36,8 @@ def export_config(args: argparse.Namespace):
     from rlens.export import ExportConfig
 
     return ExportConfig(attention=args.attention, dtype=args.dtype, ffn_mode=args.ffn_mode, opset=args.opset,
-                        verify=not args.no_verify, tolerance=args.tolerance, overwrite=args.overwrite)
+                        verify=not args.no_verify, tolerance=args.tolerance, overwrite=args.overwrite,
+                        max_pixels=args.max_pixels, max_tiles=args.max_tiles)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -41,12 +41,16 @@ class ExportConfig:
     overwrite: bool = False
     vision: bool = True
     external_data: bool | None = None  # None: only when a graph would pass 2 GiB
+    max_pixels: int | None = None  # lower the processor's max pixels per image (Qwen2-VL family)
+    max_tiles: int | None = None  # lower the processor's max tiles per image (InternVL)
 
     def __post_init__(self) -> None:
         checks = [(self.attention in ("portable", "plugin"), f"--attention must be portable or plugin, got {self.attention!r}"),
                   (self.dtype in ("fp32", "fp16"), f"--dtype must be fp32 or fp16, got {self.dtype!r}"),
                   (self.ffn_mode in (None, "static", "dynamic"), f"--ffn-mode must be static or dynamic, got {self.ffn_mode!r}"),
-                  (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}")]
+                  (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}"),
+                  (self.max_pixels is None or self.max_pixels > 0, f"--max-pixels must be > 0, got {self.max_pixels}"),
+                  (self.max_tiles is None or self.max_tiles > 0, f"--max-tiles must be > 0, got {self.max_tiles}")]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)

@@ -143,6 +143,45 @@ class Family:
         """How many visual tokens one image gives (at ``image_size`` = (height, width) after resize)."""
         raise NotImplementedError
 
+    # ---- vision graph -----------------------------------------------------------------------
+    #: vision graph inputs with a dynamic axis: {input name: {axis: axis name}} (others fixed)
+    vision_dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {}
+
+    @classmethod
+    def vision_params(cls, config: Any) -> dict[str, Any]:
+        """Numbers the runtime needs to build vision feeds (recorded in the manifest's ``vision``)."""
+        return {}
+
+    @classmethod
+    def vision_feeds(cls, processed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """The vision graph's inputs for one image, from the image processor's output (numpy)."""
+        return {k: v for k, v in processed.items() if k not in ("num_patches",)}
+
+    @classmethod
+    def token_grid(cls, processed: dict[str, Any], params: dict[str, Any]) -> tuple[int, int, int] | None:
+        """The (t, h, w) grid of the visual tokens, for families with M-RoPE (else ``None``)."""
+        return None
+
+    @classmethod
+    def vision_module(cls, model: Any, names: list[str]) -> Any:
+        """The torch module exported as vision.onnx: ``(*feeds in names order) -> features [N_v, H]``."""
+        return image_features_module(model, names)
+
+    @classmethod
+    def image_bounds(cls, image_processor: dict[str, Any]) -> dict[str, int]:
+        """The processor's bounds on image size / tiles (from preprocessor_config.json)."""
+        return {}
+
+    @classmethod
+    def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
+                     max_tiles: int | None) -> dict[str, Any]:
+        """preprocessor_config.json with bounds lowered (``--max-pixels``/``--max-tiles``)."""
+        for flag, value in (("--max-pixels", max_pixels), ("--max-tiles", max_tiles)):
+            if value is not None:
+                raise InputError(f"{flag} does not apply to {cls.name}: its processor resizes every image "
+                                 "to one fixed size")
+        return image_processor
+
     # ---- support checks --------------------------------------------------------------------
     @classmethod
     def check_supported(cls, model: Any) -> None:
@@ -206,3 +245,22 @@ def expand_image_marker(family: type[Family], text: str, n_visual: int) -> str:
         )
     block = family.image_expansion.format(visual=family.visual_token * n_visual)
     return text.replace(family.image_marker, block)
+
+
+def image_features_module(model: Any, names: list[str]) -> Any:
+    """The model's own ``get_image_features`` as a module of positional inputs (torch, lazily)."""
+    import torch
+
+    class ImageFeatures(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: Any) -> Any:
+            out = self.model.model.get_image_features(**dict(zip(names, args)))
+            feats = getattr(out, "pooler_output", out)
+            if isinstance(feats, (list, tuple)):
+                feats = torch.cat(list(feats), 0)
+            return feats.reshape(-1, feats.shape[-1])
+
+    return ImageFeatures().eval()
