@@ -52,7 +52,7 @@ def test_prompt_without_one_image_slot(any_preset):
 
     loaded = any_preset[0]
     with pytest.raises(InputError, match="0 image slots"):
-        expand_image_marker(loaded.family, "no image here", 4)
+        expand_image_marker("no image here", "<|image_pad|>", 4)
 
 
 def test_check_supported_rejects_non_swiglu(any_preset):

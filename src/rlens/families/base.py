@@ -60,11 +60,13 @@ class Family:
     rope_kind: ClassVar[str] = "default"
     #: config attributes holding the visual token id(s), first one present wins for each.
     visual_token_attrs: ClassVar[tuple[str, ...]] = ("image_token_id",)
-    #: what the chat template emits for an image, the token repeated per visual feature, and
-    #: the text that replaces the marker (``{visual}`` = the repeated token).
-    image_marker: ClassVar[str] = "<image>"
-    visual_token: ClassVar[str] = "<image>"
+    #: the text an image slot of the chat template becomes: ``{visual}`` is the image token (the
+    #: tokenizer's string for the model's image token id) repeated once per visual feature; other
+    #: fields come from :attr:`expansion_tokens`, overridden by the tokenizer config's special tokens.
     image_expansion: ClassVar[str] = "{visual}"
+    expansion_tokens: ClassVar[dict[str, str]] = {}
+    #: keyword arguments the model's own processor passes to its image processor
+    image_call_kwargs: ClassVar[dict[str, Any]] = {}
 
     # ---- structure -------------------------------------------------------------------------
     @classmethod
@@ -236,15 +238,14 @@ def merged_patches(height: int, width: int, patch: int, merge: int = 1) -> int:
     return math.ceil(height / patch) * math.ceil(width / patch) // (merge * merge)
 
 
-def expand_image_marker(family: type[Family], text: str, n_visual: int) -> str:
-    """Replace the one image marker of a rendered chat prompt by the family's visual block."""
-    count = text.count(family.image_marker)
+def expand_image_marker(text: str, image_token: str, n_visual: int, expansion: str = "{visual}",
+                        tokens: dict[str, str] | None = None) -> str:
+    """Replace the one image slot (``image_token``) of a rendered chat prompt by the visual block."""
+    count = text.count(image_token)
     if count != 1:
-        raise InputError(
-            f"the prompt has {count} image slots ({family.image_marker!r}); rlens v1 takes exactly one image"
-        )
-    block = family.image_expansion.format(visual=family.visual_token * n_visual)
-    return text.replace(family.image_marker, block)
+        raise InputError(f"the prompt has {count} image slots ({image_token!r}); rlens v1 takes exactly one image")
+    block = expansion.format(visual=image_token * n_visual, **(tokens or {}))
+    return text.replace(image_token, block)
 
 
 def image_features_module(model: Any, names: list[str]) -> Any:

@@ -18,8 +18,6 @@ class Qwen2VL(Family):
     vision_paths = ("model.visual",)
     rope_kind = "mrope"
     visual_token_attrs = ("image_token_id", "video_token_id")
-    image_marker = "<|image_pad|>"
-    visual_token = "<|image_pad|>"
 
     @classmethod
     def extra_text_inputs(cls, input_ids: Any, config: Any) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import numpy as np
 
 from rlens.errors import InputError
 from rlens.families import family_by_name
-from rlens.families.base import expand_image_marker
 from rlens.processing import Processor, load_image
 from rlens.runtime.backends.base import TensorSpec
 from rlens.runtime.manifest import Manifest
@@ -43,7 +42,7 @@ class Preparer:
     def __init__(self, manifest: Manifest, vision_inputs: dict[str, TensorSpec] | None) -> None:
         self.manifest = manifest
         self.family = family_by_name(manifest.family)
-        self.processor = Processor(manifest.folder / "processor", self.family, None)
+        self.processor = Processor(manifest.folder / "processor", self.family, None, manifest.visual_token_ids)
         self.vision_inputs = vision_inputs or {}
 
     @property
@@ -62,7 +61,7 @@ class Preparer:
         image's own grid, numpy); shapes the vision graph cannot take are one :class:`InputError`.
         """
         img = load_image(image)
-        out = {k: np.asarray(v) for k, v in self.processor.image_processor(images=[img], return_tensors="np").items()}
+        out = self.processor.process_image(img)
         params = self.manifest.vision_params
         feeds = {k: v for k, v in self.family.vision_feeds(out, params).items() if k in self.vision_inputs}
         missing = sorted(set(self.vision_inputs) - set(feeds))
@@ -83,8 +82,7 @@ class Preparer:
     def tokens(self, prompt: str, n_visual: int) -> Tokens:
         if not isinstance(prompt, str):
             raise InputError(f"the prompt must be a string, got {type(prompt).__name__}")
-        text = expand_image_marker(self.family, self.processor.render(prompt), n_visual)
-        ids = np.asarray([self.processor.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64)
+        ids, text = self.processor.encode(prompt, n_visual)
         span = visual_span(ids[0], self.manifest.visual_token_ids)
         if span[1] != n_visual:
             raise InputError(f"the prompt has {span[1]} visual tokens, the image gives {n_visual} features "
