@@ -58,6 +58,7 @@ class InternVL(Family):
 # InternLM2 -> native names, inside one decoder layer (packed wqkv handled separately).
 _LAYER_RENAMES = {
     "attention.wo.weight": "self_attn.o_proj.weight",
+    "attention.wo.bias": "self_attn.o_proj.bias",
     "feed_forward.w1.weight": "mlp.gate_proj.weight",
     "feed_forward.w3.weight": "mlp.up_proj.weight",
     "feed_forward.w2.weight": "mlp.down_proj.weight",
@@ -102,11 +103,12 @@ def internlm2_to_native(state: dict[str, Any], num_heads: int, num_kv_heads: int
         elif (m := _LAYER_KEY.match(key)) is not None:
             idx, rest = m.groups()
             prefix = f"layers.{idx}."
-            if rest == "attention.wqkv.weight":
-                q, k, v = unpack_wqkv(value, num_heads, num_kv_heads, head_dim)
-                out[prefix + "self_attn.q_proj.weight"] = q
-                out[prefix + "self_attn.k_proj.weight"] = k
-                out[prefix + "self_attn.v_proj.weight"] = v
+            if rest in ("attention.wqkv.weight", "attention.wqkv.bias"):
+                leaf = rest.rsplit(".", 1)[1]
+                packed = value if leaf == "weight" else value[:, None]
+                q, k, v = unpack_wqkv(packed, num_heads, num_kv_heads, head_dim)
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), (q, k, v)):
+                    out[f"{prefix}self_attn.{name}.{leaf}"] = part if leaf == "weight" else part[:, 0]
             elif rest in _LAYER_RENAMES:
                 out[prefix + _LAYER_RENAMES[rest]] = value
             else:
