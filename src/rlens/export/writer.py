@@ -97,7 +97,8 @@ def _vision(loaded: Any, folder: Path, config: ExportConfig, graphs: dict[str, A
     graphs["vision"] = {"files": save_onnx(vis, folder / "vision.onnx", config.external_data), **_io_table(vis)}
     if config.verify:
         diffs["vision"] = max(_check_vision(loaded, folder / "vision.onnx", p.vision) for p in prepared)
-    return {"params": loaded.family.vision_params(loaded.config), "bounds": bounds,
+    params = loaded.family.vision_params(loaded.config)
+    return {"params": params, "bounds": bounds, "axes": loaded.family.vision_axes(params, bounds),
             "per_image": [p.visual_span[1] for p in prepared], "checked_sizes": [list(s) for s in check_sizes(loaded)]}
 
 

@@ -175,6 +175,12 @@ class Family:
         return {}
 
     @classmethod
+    def vision_axes(cls, params: dict[str, Any], bounds: dict[str, int]) -> dict[str, list[int]]:
+        """[min, max] of each dynamic vision axis (by name) within the processor's bounds: TensorRT
+        profiles follow them."""
+        return {}
+
+    @classmethod
     def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
                      max_tiles: int | None) -> dict[str, Any]:
         """preprocessor_config.json with bounds lowered (``--max-pixels``/``--max-tiles``)."""

@@ -42,6 +42,11 @@ class InternVL(Family):
                 "max_tiles": int(image_processor.get("max_patches", 12))}
 
     @classmethod
+    def vision_axes(cls, params: dict[str, Any], bounds: dict[str, int]) -> dict[str, list[int]]:
+        top = bounds["max_tiles"] + (1 if bounds["max_tiles"] > 1 else 0)  # + the thumbnail
+        return {"tiles": [1, top]}
+
+    @classmethod
     def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
                      max_tiles: int | None) -> dict[str, Any]:
         if max_pixels is not None:

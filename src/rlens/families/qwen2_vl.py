@@ -68,6 +68,13 @@ class Qwen2VL(Family):
         return {"min_pixels": int(low), "max_pixels": int(high)}
 
     @classmethod
+    def vision_axes(cls, params: dict[str, Any], bounds: dict[str, int]) -> dict[str, list[int]]:
+        """Patches: at least one merge block, at most max_pixels / patch^2 (smart_resize keeps h*w <= max)."""
+        unit = int(params["merge_size"]) ** 2
+        top = bounds["max_pixels"] // int(params["patch_size"]) ** 2 // unit * unit
+        return {"patches": [unit, top], "merged_patches": [1, top // unit], "visual": [1, top // unit]}
+
+    @classmethod
     def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
                      max_tiles: int | None) -> dict[str, Any]:
         if max_tiles is not None:
