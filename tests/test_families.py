@@ -143,8 +143,8 @@ def test_remote_code_needs_the_flag(tmp_path):
     from rlens.models import load_model
 
     (tmp_path / "config.json").write_text(json.dumps({
-        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
-        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig"}}))
+        "architectures": ["MiniCPMV"], "model_type": "minicpmv",
+        "auto_map": {"AutoConfig": "configuration_minicpm.MiniCPMVConfig"}}))
     with pytest.raises(ModelError, match="trust-remote-code"):
         load_model(str(tmp_path))
 

@@ -88,3 +88,53 @@ def test_image_token_comes_from_the_checkpoint(tmp_path):
     ids, text = proc.encode("Hi", 16)
     assert proc.image_token == "<pad>" and int(np.count_nonzero(ids == pad_id)) == 16
     assert "<image>" not in text
+
+
+def test_export_lowers_the_processor_bounds(tmp_path):
+    """--max-pixels (Qwen2-VL) and --max-tiles (InternVL) lower the bundle's processor bounds: the
+    manifest, the processor files and the images the runtime prepares all follow."""
+    from rlens.export import ExportConfig, bundle_from_plan
+    from rlens.models import load_model
+    from rlens.plan import empty_plan
+    from rlens.runtime import Session
+
+    image = sample_image(size=(150, 220))
+    for name, kw, bound, most in (("tiny-qwen2-vl", {"max_pixels": 112 * 112}, {"max_pixels": 12544}, 16),
+                                  ("tiny-internvl", {"max_tiles": 2}, {"max_tiles": 2}, 3 * 16)):
+        loaded = load_model(name)
+        out = bundle_from_plan(loaded, empty_plan(loaded.info()), tmp_path / name, ExportConfig(verify=False, **kw))
+        with Session.from_bundle(out) as sess:
+            vision = sess.manifest.raw["vision"]
+            assert bound.items() <= vision["bounds"].items()
+            assert all(n <= most for n in vision["per_image"])
+            assert 0 < sess.prepare(image, "Hi").tokens.span[1] <= most
+        hf = hf_processor(out / "processor")
+        assert int(np.count_nonzero(hf_inputs(hf, image, "Hi")["input_ids"] == loaded.config.image_token_id)) <= most
+
+
+@pytest.mark.parametrize("name, kw, message", [
+    ("tiny-qwen2-vl", {"max_tiles": 2}, "--max-tiles does not apply"),
+    ("tiny-qwen2-vl", {"max_pixels": 100}, "below the processor's min_pixels"),
+    ("tiny-internvl", {"max_pixels": 10000}, "--max-pixels does not apply"),
+    ("tiny-llava", {"max_pixels": 10000}, "--max-pixels does not apply"),
+])
+def test_bad_bounds_are_one_clear_error(name, kw, message, tmp_path):
+    from rlens.errors import InputError
+    from rlens.export import ExportConfig, bundle_from_plan
+    from rlens.models import load_model
+    from rlens.plan import empty_plan
+
+    loaded = load_model(name)
+    with pytest.raises(InputError, match=message):
+        bundle_from_plan(loaded, empty_plan(loaded.info()), tmp_path / "b", ExportConfig(verify=False, **kw))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_idefics3_image_splitting_is_refused_with_a_clear_error():
+    from rlens.errors import ModelError
+    from rlens.families import family_by_name
+
+    fam = family_by_name("idefics3")
+    with pytest.raises(ModelError, match="do_image_splitting"):
+        fam.image_bounds({"do_image_splitting": True})
+    assert fam.image_bounds({"do_image_splitting": False}) == {}
