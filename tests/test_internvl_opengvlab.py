@@ -60,3 +60,19 @@ def test_unmappable_weights_are_named(tmp_path):
     save_file(state, str(tmp_path / "ckpt" / "model.safetensors"))
     with pytest.raises(ModelError, match="vision_model.extra.weight"):
         load_model(str(tmp_path / "ckpt"))
+
+
+def test_export_without_processor_files_is_one_clear_error(tmp_path):
+    """OpenGVLab repositories preprocess images in their own Python code (no preprocessor_config.json):
+    exporting a bundle needs the Hugging Face processor files (chat template, image processor), and
+    says which is missing."""
+    from rlens.errors import ModelError
+    from rlens.export import ExportConfig, bundle_from_plan
+    from rlens.models import load_model
+    from rlens.plan import empty_plan
+
+    _checkpoint("qwen2", tmp_path / "ckpt")
+    loaded = load_model(str(tmp_path / "ckpt"))
+    with pytest.raises(ModelError, match="has no (chat template|preprocessor_config.json)"):
+        bundle_from_plan(loaded, empty_plan(loaded.info()), tmp_path / "b", ExportConfig(verify=False))
+    assert not (tmp_path / "b").exists()

@@ -66,6 +66,10 @@ class Processor:
         if self._image_processor is None:
             from transformers import AutoImageProcessor
 
+            if not (self.folder / "preprocessor_config.json").is_file():
+                raise ModelError(f"{self.folder} has no preprocessor_config.json (the model's image processor); "
+                                 "add the Hugging Face processor files of this checkpoint (e.g. from its -hf release)")
+
             self._image_processor = AutoImageProcessor.from_pretrained(str(self.folder))
         return self._image_processor
 
