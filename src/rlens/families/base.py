@@ -258,13 +258,15 @@ def image_features_module(model: Any, names: list[str]) -> Any:
     """The model's own ``get_image_features`` as a module of positional inputs (torch, lazily)."""
     import torch
 
+    from rlens import hf_compat
+
     class ImageFeatures(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
         def forward(self, *args: Any) -> Any:
-            out = self.model.model.get_image_features(**dict(zip(names, args)))
+            out = hf_compat.image_features(self.model, **dict(zip(names, args)))
             feats = getattr(out, "pooler_output", out)
             if isinstance(feats, (list, tuple)):
                 feats = torch.cat(list(feats), 0)
