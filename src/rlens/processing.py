@@ -1,7 +1,7 @@
 """Prompt + image -> model inputs, from a folder of processor files. Numpy only (no torch), so
-the runtime shares it: tokenizers for text, jinja2 for the chat template, the transformers
-``*ImageProcessorPil`` classes (PIL + numpy) for pixels. tests/test_processor_parity.py checks the
-result against Hugging Face's processor classes built from the same files.
+the runtime shares it: tokenizers for text, jinja2 for the chat template, ``rlens.imageproc``
+(numpy + PIL) for pixels. tests/test_processor_parity.py checks the result against Hugging Face's
+processor classes built from the same files.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class Processor:
             raise ModelError(f"{self.folder} has no tokenizer.json")
         self.tokenizer = Tokenizer.from_file(str(tok_file))
         self.chat_template = _read_chat_template(self.folder)
+        self._template: Any = None
         self._image_processor: Any = None
         tcfg = _read_json(self.folder / "tokenizer_config.json")
         self.eos_token_id = self.tokenizer.token_to_id(_content(tcfg.get("eos_token"))) if tcfg.get("eos_token") else None
@@ -63,14 +64,11 @@ class Processor:
 
     @property
     def image_processor(self) -> Any:
+        """rlens' numpy + PIL image processor for the folder's config (never transformers, never code)."""
         if self._image_processor is None:
-            from transformers import AutoImageProcessor
+            from rlens.imageproc import load_image_processor
 
-            if not (self.folder / "preprocessor_config.json").is_file():
-                raise ModelError(f"{self.folder} has no preprocessor_config.json (the model's image processor); "
-                                 "add the Hugging Face processor files of this checkpoint (e.g. from its -hf release)")
-
-            self._image_processor = AutoImageProcessor.from_pretrained(str(self.folder))
+            self._image_processor = load_image_processor(self.folder)
         return self._image_processor
 
     def process_image(self, image: Any) -> dict[str, np.ndarray]:
@@ -78,12 +76,19 @@ class Processor:
         out = self.image_processor(images=[image], return_tensors="np", **self.family.image_call_kwargs)
         return {k: np.asarray(v) for k, v in out.items()}
 
-    def render(self, prompt: str) -> str:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    @property
+    def template(self) -> Any:
+        """The chat template compiled once (a sandboxed jinja2 template: no code from the file runs)."""
+        if self._template is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            self._template = env.from_string(self.chat_template)
+        return self._template
+
+    def render(self, prompt: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True)
+        return self.template.render(messages=messages, add_generation_prompt=True)
 
     def encode(self, prompt: str, n_visual: int) -> tuple[np.ndarray, str]:
         """Token ids [1, S] of the rendered chat prompt with the image slot expanded to ``n_visual``.

@@ -103,14 +103,22 @@ def _vision(loaded: Any, folder: Path, config: ExportConfig, graphs: dict[str, A
 
 
 def lower_processor_bounds(family: Any, proc_dir: Path, max_pixels: int | None, max_tiles: int | None) -> dict[str, int]:
-    """Apply ``--max-pixels``/``--max-tiles`` to the bundle's preprocessor_config.json; the bounds."""
+    """Apply ``--max-pixels``/``--max-tiles`` to the bundle's image processor config (the file the
+    image processor is read from: processor_config.json's ``image_processor`` entry, else
+    preprocessor_config.json); the resulting bounds."""
     import json
 
-    path = proc_dir / "preprocessor_config.json"
-    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    from rlens.imageproc import read_image_processor_config
+
+    cfg = read_image_processor_config(proc_dir)
     lowered = family.lower_bounds(cfg, max_pixels, max_tiles)
     if lowered is not cfg:
-        path.write_text(json.dumps(lowered, indent=2, sort_keys=True) + "\n")
+        nested = proc_dir / "processor_config.json"
+        outer = json.loads(nested.read_text()) if nested.is_file() else {}
+        if isinstance(outer.get("image_processor"), dict):
+            nested.write_text(json.dumps(dict(outer, image_processor=lowered), indent=2, sort_keys=True) + "\n")
+        else:
+            (proc_dir / "preprocessor_config.json").write_text(json.dumps(lowered, indent=2, sort_keys=True) + "\n")
     return family.image_bounds(lowered)
 
 
