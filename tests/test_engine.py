@@ -179,7 +179,7 @@ def test_decoder_engine_matches_onnxruntime(tmp_path, attention):
 
     loaded = load_model("tiny-llava")
     plan = Plan(model=loaded.info(), layers=(LayerPlan(2, hollow_window=4),))
-    bundle = bundle_from_plan(loaded, plan, tmp_path / "b", ExportConfig(attention=attention))
+    bundle = bundle_from_plan(loaded, plan, tmp_path / "b", ExportConfig(attention=attention, ops="standard"))
     engine_from_bundle(bundle, EngineConfig(max_visual_tokens=32, max_seq=128, graphs=("decoder",)))
     feeds = _prefill_feeds(json.loads((bundle / "manifest.json").read_text()), seq=40, span=(6, 16))
     want = ort.InferenceSession(str(bundle / "decoder.onnx")).run(["logits"], feeds)[0]

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         from rlens.plan import load_plan
 
-        loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype)
         config, family = loaded.config, loaded.family
         plan = load_plan(args.plan, loaded.info())
     else:

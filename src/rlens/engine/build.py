@@ -71,6 +71,9 @@ def engine_from_bundle(bundle: str | os.PathLike[str], config: EngineConfig) -> 
     """Build every graph's engine; return the manifest's new ``engines`` record."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle, check_hashes=True).raw
+    if manifest.get("ops", "standard") != "standard":
+        raise BundleError(f"{bundle} was exported with --ops {manifest['ops']} (ONNX Runtime contrib ops), which "
+                          "TensorRT does not parse; export it again with --ops standard")
     trt = import_tensorrt()
     if manifest.get("attention") == "plugin":
         _load_plugin(trt, config.plugin_lib)
