@@ -151,6 +151,9 @@ def _load_converted(path: Path, dtype: str) -> LoadedModel | None:
     raw = json.loads((path / "config.json").read_text())
     if not internvl_opengvlab.is_opengvlab(raw):
         return None
+    if dtype == "auto":  # the checkpoint's own dtype, as for native directories
+        own = str(raw.get("torch_dtype") or raw.get("dtype") or "float32")
+        dtype = {v: k for k, v in DTYPES.items()}.get(own, "fp32")
     model = internvl_opengvlab.load_opengvlab(path, getattr(torch, DTYPES[dtype]))
     fam = family_for_config(model.config)
     fam.check_supported(model)
