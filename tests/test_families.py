@@ -52,7 +52,7 @@ def test_prompt_without_one_image_slot(any_preset):
 
     loaded = any_preset[0]
     with pytest.raises(InputError, match="0 image slots"):
-        expand_image_marker(loaded.family, "no image here", 4)
+        expand_image_marker("no image here", "<|image_pad|>", 4)
 
 
 def test_check_supported_rejects_non_swiglu(any_preset):
@@ -190,8 +190,8 @@ def test_remote_code_needs_the_flag(tmp_path):
     from rlens.models import load_model
 
     (tmp_path / "config.json").write_text(json.dumps({
-        "architectures": ["InternVLChatModel"], "model_type": "internvl_chat",
-        "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig"}}))
+        "architectures": ["MiniCPMV"], "model_type": "minicpmv",
+        "auto_map": {"AutoConfig": "configuration_minicpm.MiniCPMVConfig"}}))
     with pytest.raises(ModelError, match="trust-remote-code"):
         load_model(str(tmp_path))
 

@@ -194,6 +194,11 @@ class ExportConfig:
                           "with --ops ort, DequantizeLinear (needs --opset 21) with --ops standard (float = --dtype)",
                           choices=WEIGHTS)
     weights_block: int = option(32, "rows of K per quantization scale: 16, 32, 64, 128 or 256", metavar="N")
+    max_pixels: int | None = option(None, "lower the processor's max pixels per image (Qwen2-VL/2.5-VL; default: "
+                                    "the checkpoint's bound); written into the bundle's processor files and manifest",
+                                    metavar="N", parse=int)
+    max_tiles: int | None = option(None, "lower the processor's max tiles per image (InternVL dynamic tiling; "
+                                   "default: the checkpoint's bound)", metavar="N", parse=int)
     vision: bool = True
     external_data: bool | None = None  # None: when a graph's weights pass export.bundle.INLINE_LIMIT (256 MiB)
 
@@ -211,7 +216,9 @@ class ExportConfig:
                   (self.weights_block in (16, 32, 64, 128, 256),
                    f"--weights-block must be 16, 32, 64, 128 or 256, got {self.weights_block}"),
                   (self.weights == "float" or self.resolved_ops == "ort" or self.opset >= 21,
-                   f"--weights {self.weights} with --ops standard writes DequantizeLinear with int4/blocks: needs --opset 21")]
+                   f"--weights {self.weights} with --ops standard writes DequantizeLinear with int4/blocks: needs --opset 21"),
+                  (self.max_pixels is None or self.max_pixels > 0, f"--max-pixels must be > 0, got {self.max_pixels}"),
+                  (self.max_tiles is None or self.max_tiles > 0, f"--max-tiles must be > 0, got {self.max_tiles}")]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)

@@ -68,10 +68,9 @@ class Manifest:
         return sum((self.folder / f).stat().st_size for f in g.get("files", []))
 
     @property
-    def image_size(self) -> tuple[int, int] | None:
-        """The (height, width) the vision graph was traced at, when the manifest records it."""
-        size = (self.raw.get("visual_tokens") or {}).get("image_size")
-        return (int(size[0]), int(size[1])) if size else None
+    def vision_params(self) -> dict[str, Any]:
+        """The family's numbers for building vision feeds (manifest ``vision.params``)."""
+        return dict((self.raw.get("vision") or {}).get("params") or {})
 
     @property
     def max_sequence(self) -> int | None:
