@@ -139,10 +139,11 @@ def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim:
 
 
 def _uses_fused(ctx: _Ctx, i: int) -> bool:
-    """Packed q/k/v + RotaryEmbedding for this layer (``--ops ort``; FastV's score layer and the
-    pruned layers after it keep the standard ops)."""
+    """Packed q/k/v + RotaryEmbedding for this layer (``--ops ort``; FastV's score layer, VTW's first
+    pruned layer and every layer after them keep the standard ops)."""
     tp = ctx.plan.token_pruning
-    return ctx.shared.fused is not None and (tp is None or i < tp.score_layer)
+    first_standard = None if tp is None else (tp.score_layer if tp.score_layer is not None else tp.layer)
+    return ctx.shared.fused is not None and (first_standard is None or i < first_standard)
 
 
 def _qkv(b: GraphBuilder, ctx: _Ctx, i: int, x: str, scale: float) -> tuple[str, str, str]:
