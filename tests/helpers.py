@@ -23,3 +23,22 @@ def ort_session(model):
     import onnxruntime as ort
 
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def hf_greedy(loaded, prompt, max_new_tokens: int, eos: int) -> list[int]:
+    """Hugging Face ``generate`` (greedy) on exactly the runtime's input ids and pixels."""
+    import torch
+
+    proc = {k: v for k, v in prompt.pixels.processed.items() if k != "num_patches"}
+    inputs = {"input_ids": prompt.input_ids, **loaded.family.extra_text_inputs(prompt.input_ids, loaded.config),
+              **proc}
+    inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+    with torch.no_grad():
+        out = loaded.model.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]),
+                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                    pad_token_id=eos)
+    return out[0, prompt.input_ids.shape[1]:].tolist()
+
+
+def until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos) + 1] if eos in ids else ids

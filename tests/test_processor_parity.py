@@ -16,8 +16,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import PRESET_NAMES, sample_image
-from test_runtime import make_bundle
+from helpers import PRESET_NAMES, sample_image
 
 SIZES = [(90, 120), (200, 60), (150, 220)]
 PROMPTS = ["What is in the image?", "Describe the colours, then count the shapes <b>precisely</b>."]
@@ -48,10 +47,10 @@ def hf_inputs(proc, image, prompt):
 
 
 @pytest.mark.parametrize("name", PRESET_NAMES)
-def test_runtime_inputs_equal_the_hugging_face_processor(name, tmp_path_factory):
+def test_runtime_inputs_equal_the_hugging_face_processor(name, make_bundle):
     from rlens.runtime import Session
 
-    _, bundle = make_bundle(name, tmp_path_factory)
+    _, bundle = make_bundle(name)
     hf = hf_processor(bundle / "processor")
     counts = set()
     with Session.from_bundle(bundle) as sess:

@@ -11,8 +11,7 @@ import json
 
 import pytest
 
-from conftest import sample_image
-from test_runtime import hf_greedy, until_eos
+from helpers import hf_greedy, sample_image, until_eos
 
 REAL = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16384}
 

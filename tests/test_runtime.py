@@ -9,28 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import sample_image
+from helpers import hf_greedy, sample_image, until_eos
 from rlens.errors import BundleError, InputError
 from rlens.runtime import BackendError, Session
 
 PROMPT = "What is in the image?"
-def hf_greedy(loaded, prompt, max_new_tokens: int, eos: int) -> list[int]:
-    """Hugging Face ``generate`` (greedy) on exactly the runtime's input ids and pixels."""
-    import torch
-
-    proc = {k: v for k, v in prompt.pixels.processed.items() if k != "num_patches"}
-    inputs = {"input_ids": prompt.input_ids, **loaded.family.extra_text_inputs(prompt.input_ids, loaded.config),
-              **proc}
-    inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
-    with torch.no_grad():
-        out = loaded.model.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]),
-                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                    pad_token_id=eos)
-    return out[0, prompt.input_ids.shape[1]:].tolist()
-
-
-def until_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
 SIZES = [(90, 120), (200, 60), (150, 220)]  # (height, width): landscape, tall, large
