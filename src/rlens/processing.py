@@ -6,6 +6,10 @@ the runtime shares it: tokenizers for text, jinja2 for the chat template, the tr
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,9 @@ from typing import Any
 import numpy as np
 
 from rlens.errors import InputError, ModelError
+
+DEFAULT_MAX_IMAGE_PIXELS = 1 << 25  # the runtime takes a bundle's own budget (manifest visual_tokens)
+MAX_PROMPT_CHARS = 1 << 20
 from rlens.families.base import Family, expand_image_marker
 
 
@@ -48,25 +55,65 @@ class Processor:
     @property
     def image_processor(self) -> Any:
         if self._image_processor is None:
-            from transformers import AutoImageProcessor
-
-            self._image_processor = AutoImageProcessor.from_pretrained(str(self.folder))
+            self._image_processor = load_image_processor(self.folder)
         return self._image_processor
 
+    def process_image(self, image: Any) -> dict[str, np.ndarray]:
+        """The image processor's outputs (numpy); its refusals (e.g. aspect ratio) as :class:`InputError`."""
+        try:
+            out = self.image_processor(images=[image], return_tensors="np")
+        except (ValueError, ZeroDivisionError, OverflowError) as e:
+            size = getattr(image, "size", None)
+            raise InputError(f"the image processor cannot take this image ({size[0]}x{size[1]}): {e}"
+                             if size else f"the image processor cannot take this image: {e}") from None
+        return {k: np.asarray(v) for k, v in out.items()}
+
     def render(self, prompt: str) -> str:
+        from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True)
+        try:
+            return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True)
+        except (TemplateError, TypeError, ValueError, RecursionError) as e:
+            raise ModelError(f"the chat template in {self.folder} fails: {type(e).__name__}: {str(e)[:200]}") from None
 
-    def prepare(self, image: Any, prompt: str) -> Prepared:
+    def encode_prompt(self, prompt: str, n_visual: int) -> tuple[np.ndarray, str]:
+        """``input_ids`` [1, S] of the chat prompt with the image block expanded, and its text.
+
+        The user's text is always text: a special or added token written in it (``<|im_end|>``,
+        an image marker) is encoded as the characters it is made of, never as that token (as
+        transformers' ``split_special_tokens``). Without such strings the ids are exactly those of
+        encoding the whole rendered prompt.
+        """
+        check_prompt(prompt)
+        sentinel = f"\ue000{secrets.token_hex(8)}\ue001"
+        rendered = self.render(sentinel)
+        if rendered.count(sentinel) != 1:
+            raise ModelError(f"the chat template in {self.folder} does not place the user text exactly once")
+        before, after = expand_image_marker(self.family, rendered, n_visual).split(sentinel)
+        text = before + prompt + after
+        if not any(t in prompt for t in self._added_tokens()):
+            return np.asarray([self.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64), text
+        ids = self.tokenizer.encode(before, add_special_tokens=False).ids
+        self.tokenizer.encode_special_tokens = True
+        try:
+            ids += self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        finally:
+            self.tokenizer.encode_special_tokens = False
+        ids += self.tokenizer.encode(after, add_special_tokens=False).ids
+        return np.asarray([ids], dtype=np.int64), text
+
+    def _added_tokens(self) -> list[str]:
+        return [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.content]
+
+    def prepare(self, image: Any, prompt: str, max_pixels: int | None = None) -> Prepared:
         """Tokenise the chat prompt with the image's visual tokens expanded; preprocess pixels."""
-        image = load_image(image)
-        vision = dict(self.image_processor(images=[image], return_tensors="np"))
+        image = load_image(image, max_pixels)
+        vision = self.process_image(image)
         n_visual = self.family.visual_tokens_from_pixels(self.config, vision)
-        text = expand_image_marker(self.family, self.render(prompt), n_visual)
-        ids = np.asarray([self.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64)
+        ids, text = self.encode_prompt(prompt, n_visual)
         span = self.family.find_visual_span(ids, self.config)
         if span.length != n_visual:
             raise InputError(f"expected {n_visual} visual tokens in the prompt, found {span.length}")
@@ -83,17 +130,106 @@ class Processor:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def load_image(image: Any) -> Any:
-    """A PIL image (RGB) from a path or an image; unreadable files raise :class:`InputError`."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
+def check_prompt(prompt: Any) -> str:
+    if not isinstance(prompt, str):
+        raise InputError(f"the prompt must be a string, got {type(prompt).__name__}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"the prompt has {len(prompt)} characters, over rlens's limit of {MAX_PROMPT_CHARS}")
     try:
-        with Image.open(image) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise InputError(f"cannot read image {image}: {e}") from None
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("the prompt is not valid UTF-8 text (undecodable bytes in the argument?)") from None
+    return prompt
+
+
+def check_sequence_length(tokens: int, limit: int | None, what: str) -> None:
+    """The one sequence-length rule of run, bench and calibrate: ``tokens`` <= the model's limit."""
+    if limit is not None and tokens > limit:
+        raise InputError(f"{what} is {tokens} tokens, over the model's limit of {limit} (max_position_embeddings)")
+
+
+def load_image_processor(folder: Path) -> Any:
+    """The image processor of ``preprocessor_config.json``: a transformers class by name, built from
+    the JSON alone (``from_dict``). Never ``auto_map``, never code from the folder."""
+    import transformers
+    from transformers.image_processing_utils import BaseImageProcessor
+
+    path = Path(folder) / "preprocessor_config.json"
+    cfg = _read_json(path)
+    name = cfg.get("image_processor_type")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ModelError(f"{path} names no image processor (image_processor_type); rlens needs one of "
+                         "transformers' image processors")
+    base = name.removesuffix("Fast").removesuffix("Pil")
+    cls = None
+    for candidate in (base + "Pil", base):
+        obj = getattr(transformers, candidate, None) if hasattr(transformers, candidate) else None
+        if isinstance(obj, type) and issubclass(obj, BaseImageProcessor):
+            cls = obj
+            break
+    if cls is None:
+        raise ModelError(f"{path}: image processor {name!r} is not one of transformers' image processors; "
+                         "rlens runs no code from model or bundle files")
+    cfg = {k: v for k, v in cfg.items() if k not in ("auto_map", "image_processor_type", "processor_class")}
+    try:
+        return cls.from_dict(cfg)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ModelError(f"{path}: {name} cannot be built from it: {str(e)[:200]}") from None
+
+
+def load_image(image: Any, max_pixels: int | None = None) -> Any:
+    """A PIL image (RGB, EXIF orientation applied) from a path or an image.
+
+    Refused with :class:`InputError` before any pixel is decoded: a path that is not a regular file
+    (FIFO, device, folder), an image over ``max_pixels`` (default 2**25; decompression bombs).
+    16-bit and 32-bit integer images are scaled to 8 bits (x / 257), float images in [0, 1] by 255.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    limit = int(max_pixels or DEFAULT_MAX_IMAGE_PIXELS)
+    if isinstance(image, Image.Image):
+        _check_pixels(image.size, limit, "the image")
+        return _to_rgb(ImageOps.exif_transpose(image))
+    try:
+        path = Path(os.fspath(image))
+        mode = os.stat(path).st_mode
+    except (TypeError, ValueError) as e:
+        raise InputError(f"cannot read image {image!r}: {e}") from None
+    except OSError as e:
+        raise InputError(f"cannot read image {image}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise InputError(f"cannot read image {path}: not a regular file (a folder, FIFO or device is not an image)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixels(im.size, limit, str(path))
+                return _to_rgb(ImageOps.exif_transpose(im))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"cannot read image {path}: {e}") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read image {path}: {e}") from None
+
+
+def _check_pixels(size: tuple[int, int], limit: int, name: str) -> None:
+    w, h = size
+    if w < 1 or h < 1 or w * h > limit:
+        raise InputError(f"{name} is {w}x{h} = {w * h / 1e6:.1f} MP, over the image budget of {limit / 1e6:.1f} MP "
+                         "(manifest visual_tokens.max_image_pixels); downscale it first")
+
+
+def _to_rgb(im: Any) -> Any:
+    from PIL import Image
+
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=0.0)
+            a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        elif im.mode != "I" or (a.size and a.max() > 255):
+            a = a / 257.0
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+    return im.convert("RGB")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

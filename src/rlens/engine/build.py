@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlens.targets import Target, current_target
+from rlens.targets import current_target
 from rlens.engine.prepare import onnx_for_tensorrt
 from rlens.engine.profiles import ProfileShapes, decoder_profiles, vision_profile
 from rlens.errors import BundleError, InputError, RlensError
-from rlens.runtime.manifest import read_manifest
+from rlens.runtime.manifest import read_manifest, write_manifest
 
 
 class TensorRTUnavailable(RlensError):
@@ -58,7 +58,7 @@ def engine_from_bundle(bundle: str | os.PathLike[str], config: EngineConfig) -> 
     target = current_target()
     profiles = _profiles(manifest, config)
     records = {}
-    with tempfile.TemporaryDirectory(dir=bundle, prefix=".engines.tmp-") as tmp:
+    with tempfile.TemporaryDirectory(dir=bundle.resolve().parent, prefix=f".{bundle.name}.engines.tmp-") as tmp:
         for graph in config.graphs:
             if graph not in manifest["graphs"]:
                 continue
@@ -70,7 +70,8 @@ def engine_from_bundle(bundle: str | os.PathLike[str], config: EngineConfig) -> 
             records[graph] = {"file": f"engines/{graph}.plan", "profiles": [p.name for p in profiles[graph]],
                               **target.to_json()}
             print(f"rlens: built engine {graph} ({engine_path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
-        _commit(bundle, Path(tmp), manifest, records, target)
+        _commit(bundle, Path(tmp), records)
+    write_manifest(bundle, {**manifest, "engines": records})
     return records
 
 
@@ -117,14 +118,9 @@ def _build_one(trt: Any, onnx_path: Path, profiles: list[ProfileShapes], out: Pa
     save_engine(engine, str(out))
 
 
-def _commit(bundle: Path, tmp: Path, manifest: dict[str, Any], records: dict[str, Any], target: Target) -> None:
-    """Move the engines into bundle/engines/ and rewrite the manifest atomically."""
-    from rlens.fileio import sha256_file, write_json_atomic
-
+def _commit(bundle: Path, tmp: Path, records: dict[str, Any]) -> None:
+    """Move the engines into bundle/engines/ (the caller then rewrites the manifest, hashing them)."""
     engines = bundle / "engines"
     engines.mkdir(exist_ok=True)
     for graph in records:
         os.replace(tmp / f"{graph}.plan", engines / f"{graph}.plan")
-        manifest.setdefault("files", {})[f"engines/{graph}.plan"] = sha256_file(engines / f"{graph}.plan")
-    manifest["engines"] = records
-    write_json_atomic(bundle / "manifest.json", manifest)

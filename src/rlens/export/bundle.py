@@ -1,29 +1,19 @@
-"""The export edge: loaded model + plan -> bundle/ (DESIGN §5), atomic and deterministic.
+"""Export options and ONNX file writing (a leaf of rlens.export: the writer imports it, never back).
 
-Everything is written to a temporary folder beside the target, verified against the PyTorch
-golden, hashed into manifest.json and only then renamed into place: an interrupted or failed
-export leaves nothing behind.
+``bundle_from_plan`` (rlens.export.writer) builds the bundle in a temporary folder beside the
+target and commits it through :func:`rlens.fileio.output_writer`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import onnx
 
-from rlens.errors import BundleError, InputError
-from rlens.fileio import sha256_file
+from rlens.errors import InputError
 from rlens.plan import Plan
 
-FORMAT = "rlens.bundle"
-VERSION = 1
 EXTERNAL_DATA_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB, with headroom for the graph itself
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 
@@ -46,7 +36,9 @@ class ExportConfig:
         checks = [(self.attention in ("portable", "plugin"), f"--attention must be portable or plugin, got {self.attention!r}"),
                   (self.dtype in ("fp32", "fp16"), f"--dtype must be fp32 or fp16, got {self.dtype!r}"),
                   (self.ffn_mode in (None, "static", "dynamic"), f"--ffn-mode must be static or dynamic, got {self.ffn_mode!r}"),
-                  (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}")]
+                  (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}"),
+                  (self.tolerance is None or 0 <= self.tolerance < float("inf"),
+                   f"--tolerance must be a finite number >= 0, got {self.tolerance}")]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
@@ -81,49 +73,3 @@ def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None) -> list
         return [path.name, location]
     path.write_bytes(model.SerializeToString(deterministic=True))
     return [path.name]
-
-
-def bundle_from_plan(loaded: Any, plan: Plan, out_dir: str | os.PathLike[str], config: ExportConfig) -> Path:
-    """Export ``loaded`` reduced by ``plan`` into the bundle folder ``out_dir``; returns its path.
-
-    Raises :class:`BundleError` if ``out_dir`` exists (unless ``config.overwrite``) or if
-    verification finds a graph off by more than the tolerance (nothing is left then).
-    """
-    out = Path(out_dir).resolve()
-    if out.exists() and not config.overwrite:
-        raise BundleError(f"{out} already exists; choose another --out or pass --overwrite")
-    plan.check_matches(loaded.info())
-    plan = effective_plan(plan, config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        from rlens.export.writer import write_bundle
-
-        write_bundle(loaded, plan, tmp, config)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, trash / "old")
-    os.replace(tmp, out)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def write_manifest(folder: Path, body: dict[str, Any]) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
-    body = dict(body, files={p.relative_to(folder).as_posix(): sha256_file(p) for p in files})
-    (folder / "manifest.json").write_text(json.dumps(body, indent=2, sort_keys=False, default=_json) + "\n")
-
-
-def _json(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(type(x).__name__)

@@ -60,7 +60,7 @@ class Bench:
         self.resident = self.session.resident.get("decoder")
         self.cfg = cfg
         sess = self.session
-        hidden = int(sess.manifest.model["hidden_size"])
+        hidden = sess.manifest.model.hidden_size
         rng = np.random.default_rng(cfg.seed)
         self.embeds = rng.standard_normal((1, cfg.seq, hidden)).astype(sess.float_dtype)
         self.step = rng.standard_normal((1, 1, hidden)).astype(sess.float_dtype)
@@ -94,7 +94,7 @@ class Bench:
         if not path.is_file():
             return 1.0
         plan = plan_from_json_text(path.read_text(), str(path))
-        sizes = Sizes.from_family_sizes(self.session.manifest.model)
+        sizes = Sizes.from_family_sizes(self.session.manifest.model.sizes())
         cfg = self.cfg
         layout = TokenLayout(visual=cfg.visual_tokens, text_after=cfg.text_tokens - cfg.text_before,
                              text_before=cfg.text_before)

@@ -17,7 +17,6 @@ import numpy as np
 
 from rlens.errors import InputError
 from rlens.families import family_by_name
-from rlens.families.base import expand_image_marker
 from rlens.processing import Processor, load_image
 from rlens.runtime.backends.base import TensorSpec
 from rlens.runtime.manifest import Manifest
@@ -51,13 +50,18 @@ class Preparer:
     def max_sequence(self) -> int | None:
         if self.manifest.max_sequence:
             return self.manifest.max_sequence
-        path = self.manifest.folder / "processor" / "tokenizer_config.json"
-        limit = json.loads(path.read_text()).get("model_max_length") if path.is_file() else None
+        name = "processor/tokenizer_config.json"
+        if name not in self.manifest.files:
+            return None
+        try:
+            limit = json.loads(self.manifest.path(name).read_bytes()).get("model_max_length")
+        except (ValueError, AttributeError, RecursionError):
+            return None
         return int(limit) if isinstance(limit, (int, float)) and 0 < limit < 10**8 else None
 
     # ---- pixels --------------------------------------------------------------------------------
     def pixels(self, image: Any) -> Pixels:
-        img = load_image(image)
+        img = load_image(image, self.manifest.max_image_pixels)
         feeds, grid, out = self._process(img)
         if self._fits(feeds):
             return Pixels(feeds, grid, None, out)
@@ -72,7 +76,7 @@ class Preparer:
         return Pixels(feeds, grid, size, out)
 
     def _process(self, img: Any) -> tuple[dict[str, np.ndarray], tuple[int, int, int] | None, dict[str, np.ndarray]]:
-        out = {k: np.asarray(v) for k, v in self.processor.image_processor(images=[img], return_tensors="np").items()}
+        out = self.processor.process_image(img)
         grid = None
         if "image_grid_thw" in out:
             merge = int(getattr(self.processor.image_processor, "merge_size", 1) or 1)
@@ -96,10 +100,7 @@ class Preparer:
 
     # ---- text ----------------------------------------------------------------------------------
     def tokens(self, prompt: str, n_visual: int) -> Tokens:
-        if not isinstance(prompt, str):
-            raise InputError(f"the prompt must be a string, got {type(prompt).__name__}")
-        text = expand_image_marker(self.family, self.processor.render(prompt), n_visual)
-        ids = np.asarray([self.processor.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64)
+        ids, text = self.processor.encode_prompt(prompt, n_visual)
         span = visual_span(ids[0], self.manifest.visual_token_ids)
         if span[1] != n_visual:
             raise InputError(f"the prompt has {span[1]} visual tokens, the image gives {n_visual} features "
