@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from rlens.errors import OutputError
 
-Kind = Literal["bundle", "plan"]
+Kind = Literal["bundle", "plan", "report"]
 FORMATS = {"bundle": "rlens.bundle", "plan": "rlens.plan"}
 _MAX_ARTIFACT_JSON = 64 << 20  # a plan or manifest larger than this is not ours
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
@@ -78,15 +78,26 @@ def is_artifact(path: Path, kind: Kind) -> bool:
         return False
     if kind == "bundle":
         return stat.S_ISDIR(st.st_mode) and _json_format(path / "manifest.json") == FORMATS["bundle"]
+    if kind == "report":
+        return stat.S_ISREG(st.st_mode) and _is_rlens_png(path)
     return stat.S_ISREG(st.st_mode) and _json_format(path) == FORMATS["plan"]
+
+
+def _is_rlens_png(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"tEXtSoftware\x00rlens" in head
 
 
 def check_output(path: str | os.PathLike[str], kind: Kind, overwrite: bool,
                  inputs: Sequence[str | os.PathLike[str]] = ()) -> Path:
     """The absolute output path, or :class:`OutputError` if writing there could lose a user's file."""
     raw = os.fspath(path)
-    what = "bundle folder" if kind == "bundle" else "plan file"
-    if not raw or Path(raw).name in ("", ".", "..") or raw.endswith(("/", os.sep)) and kind == "plan":
+    what = {"bundle": "bundle folder", "plan": "plan file", "report": "report file"}[kind]
+    if not raw or Path(raw).name in ("", ".", "..") or raw.endswith(("/", os.sep)) and kind != "bundle":
         raise OutputError(f"--out {raw!r} is not a {what} name; give a new path such as out/{kind}")
     out = Path(os.path.abspath(raw))
     if out.parent == out:
@@ -175,7 +186,10 @@ def _lock(out: Path) -> Iterator[None]:
 
     lock = out.with_name(f".{out.name}.rlens-lock")
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise OutputError(f"cannot write beside {out}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

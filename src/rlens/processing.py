@@ -96,14 +96,17 @@ class Processor:
         text = before + prompt + after
         if not any(t in prompt for t in self._added_tokens()):
             return np.asarray([self.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64), text
-        ids = self.tokenizer.encode(before, add_special_tokens=False).ids
-        self.tokenizer.encode_special_tokens = True
-        try:
-            ids += self.tokenizer.encode(prompt, add_special_tokens=False).ids
-        finally:
-            self.tokenizer.encode_special_tokens = False
+        ids = self.tokenizer.encode(before, add_special_tokens=False).ids + self.encode_text(prompt)
         ids += self.tokenizer.encode(after, add_special_tokens=False).ids
         return np.asarray([ids], dtype=np.int64), text
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of ``text`` as plain text: special/added token strings in it stay characters."""
+        self.tokenizer.encode_special_tokens = True
+        try:
+            return self.tokenizer.encode(check_prompt(text), add_special_tokens=False).ids
+        finally:
+            self.tokenizer.encode_special_tokens = False
 
     def _added_tokens(self) -> list[str]:
         return [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.content]

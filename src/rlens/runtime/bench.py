@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from rlens.errors import InputError
+from rlens.processing import check_sequence_length
 from rlens.runtime import positions as pos_mod
 from rlens.runtime.memory import peak_bytes
 from rlens.runtime.session import Session
@@ -35,7 +36,9 @@ class BenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.visual_tokens < 0 or self.text_tokens < 1 or self.repeat < 1 or self.decode_tokens < 1:
+        counts = (self.visual_tokens, self.text_tokens, self.repeat, self.decode_tokens, self.warmup, self.seed)
+        if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 1 << 24 for c in counts) or \
+                self.text_tokens < 1 or self.repeat < 1 or self.decode_tokens < 1:
             raise InputError("bench needs --visual-tokens >= 0, text tokens >= 1, --repeat >= 1, decode tokens >= 1")
 
     @property
@@ -57,6 +60,12 @@ class Bench:
     def __init__(self, path: str | Path, cfg: BenchConfig, providers: tuple[str, ...] | None = None,
                  backend: str = "onnxruntime", **options: Any) -> None:
         self.session = Session.from_bundle(path, backend, providers, **options)
+        try:
+            check_sequence_length(cfg.seq + cfg.decode_tokens, self.session.preparer.max_sequence,
+                                  f"the bench sequence of {path} (visual + text + decode tokens)")
+        except InputError:
+            self.session.close()
+            raise
         self.resident = self.session.resident.get("decoder")
         self.cfg = cfg
         sess = self.session

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from rlens.errors import InputError
+from rlens.processing import check_sequence_length
 from rlens.runtime import positions as pos_mod
 from rlens.runtime.backends import Backend, make_backend
 from rlens.runtime.manifest import Manifest, read_manifest
@@ -143,11 +144,9 @@ class Session:
         return Prompt(self.preparer.tokens(prompt, features.shape[0]), pixels, features)
 
     def check_length(self, prompt: Prompt, max_new_tokens: int) -> None:
-        limit = self.preparer.max_sequence
         n = prompt.input_ids.shape[1]
-        if limit is not None and n + max_new_tokens > limit:
-            raise InputError(f"prompt + image is {n} tokens ({prompt.tokens.span[1]} visual) + {max_new_tokens} new "
-                             f"tokens = {n + max_new_tokens}, over this bundle's limit of {limit} tokens")
+        check_sequence_length(n + max_new_tokens, self.preparer.max_sequence,
+                              f"prompt + image ({n} tokens, {prompt.tokens.span[1]} visual) + {max_new_tokens} new tokens")
 
     def embeddings(self, prompt: Prompt) -> np.ndarray:
         """Token embeddings with the visual span replaced by the vision features."""
