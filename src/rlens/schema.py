@@ -159,6 +159,8 @@ def _type_name(tp: Any) -> str:
         return "null"
     if tp is Any:
         return "any JSON"
+    if dataclasses.is_dataclass(tp):
+        return "object"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -179,6 +181,7 @@ def field_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
             bounds.append(f"{m.get('lo', '')}..{m.get('hi', '')}")
         rows.append((key, _type_name(tp), ", ".join(bounds), m.get("doc", "")))
         for sub in inner:
-            sep = ".*." if typing.get_origin(tp) is dict else "."
+            origin = typing.get_origin(tp)
+            sep = ".*." if origin is dict else "[]." if origin is tuple else "."
             rows += field_rows(sub, key + sep)
     return rows

@@ -330,3 +330,11 @@ def write_manifest(folder: Path, body: dict[str, Any] | Manifest) -> Manifest:
         Path(tmp).unlink(missing_ok=True)
         raise
     return m
+
+
+def docs_table() -> str:
+    """The field table of docs/bundle.md, generated from :class:`Manifest` (a test keeps the doc current)."""
+    rows = ["| field | JSON type | bounds | meaning |", "|---|---|---|---|"]
+    for key, kind, bounds, meaning in schema.field_rows(Manifest):
+        rows.append(f"| `{key}` | {kind} | {bounds} | {meaning} |")
+    return "\n".join(rows)
