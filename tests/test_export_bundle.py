@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rlens.errors import BundleError, InputError
+from rlens.errors import BundleError, InputError, OutputError
 from rlens.export import ExportConfig, bundle_from_plan
 from rlens.models import load_model
 from rlens.plan import LayerPlan, Plan
@@ -55,7 +55,7 @@ def test_existing_bundle_refused_unless_overwrite(tmp_path):
     plan = Plan(model=lm.info())
     cfg = ExportConfig(verify=False, vision=False)
     bundle_from_plan(lm, plan, tmp_path / "b", cfg)
-    with pytest.raises(BundleError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         bundle_from_plan(lm, plan, tmp_path / "b", cfg)
     bundle_from_plan(lm, plan, tmp_path / "b", ExportConfig(verify=False, vision=False, overwrite=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

@@ -102,6 +102,11 @@ def check_output(path: str | os.PathLike[str], kind: Kind, overwrite: bool,
     out = Path(os.path.abspath(raw))
     if out.parent == out:
         raise OutputError(f"--out {raw!r} is the root folder; give a new {what} path")
+    if len(os.fsencode(out.name)) + 40 > 255:  # room for ".<name>.tmp-<pid>-<random>"
+        raise OutputError(f"--out name is {len(os.fsencode(out.name))} bytes long; give a name under 215 bytes")
+    parent = next((p for p in out.parents if os.path.lexists(p)), None)
+    if parent is not None and (not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK)):
+        raise OutputError(f"cannot write into {parent} (not a writable folder); choose another --out")
     for inp in [Path.cwd(), *(Path(p) for p in inputs if p)]:
         real = Path(os.path.realpath(inp))
         if real == Path(os.path.realpath(out)) or Path(os.path.realpath(out)) in real.parents:

@@ -70,8 +70,8 @@ def _sample_from_line(path: Path, number: int, line: str) -> CalibrationSample:
     where = f"{path}:{number}"
     try:
         row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{where}: not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, over-long integers, deep nesting
+        raise InputError(f"{where}: not valid JSON ({getattr(e, 'msg', str(e))[:200]})") from None
     if not isinstance(row, dict):
         raise InputError(f"{where}: expected an object {{\"image\": ..., \"prompt\": ...}}")
     unknown = set(row) - {"image", "prompt", "answer"}
