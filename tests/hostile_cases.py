@@ -96,9 +96,12 @@ def _spawn_tty(cmd: list, cwd: Path, env: dict, case: Case) -> tuple:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status), "", buf.decode(errors="replace"), False
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return None, "", buf.decode(errors="replace"), True
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return None, "", buf.decode(errors="replace"), True
+    _, status = os.waitpid(pid, 0)  # the terminal closed: the process ended
+    return os.waitstatus_to_exitcode(status), "", buf.decode(errors="replace"), False
 
 
 def classify(case: Case, C: Path, W: Path, rc, out: str, err: str, hang: bool, seconds: float) -> dict:

@@ -374,3 +374,27 @@ def test_hostile_corpus(tmp_path):
     report = json.loads(out.read_text())
     bad = {k: [r["case"] for r in report["results"] if r[k]] for k in report["counts"]}
     assert not any(bad.values()), bad
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-llava", "tiny-internvl", "tiny-idefics3"])
+def test_image_processor_without_auto_classes_matches_transformers(tmp_path, name):
+    """The processor is built from its JSON by class name (no auto_map, no code from the folder) and
+    gives exactly what transformers' AutoImageProcessor gives."""
+    from transformers import AutoImageProcessor
+
+    from conftest import sample_image
+    from rlens.presets import get_preset, save_processor_files
+    from rlens.processing import load_image_processor
+
+    save_processor_files(get_preset(name), tmp_path)
+    ours, theirs = load_image_processor(tmp_path), AutoImageProcessor.from_pretrained(str(tmp_path))
+    assert type(ours) is type(theirs)
+    a, b = ours(images=[sample_image()], return_tensors="np"), theirs(images=[sample_image()], return_tensors="np")
+    assert set(a) == set(b) and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+    cfg = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    (tmp_path / "evil.py").write_text("raise SystemExit('ran')")
+    cfg.update(auto_map={"AutoImageProcessor": "evil.X"}, image_processor_type="X")
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
+    from rlens.errors import ModelError
+    with pytest.raises(ModelError, match="not one of transformers"):
+        load_image_processor(tmp_path)

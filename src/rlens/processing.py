@@ -203,13 +203,13 @@ def load_image(image: Any, max_pixels: int | None = None) -> Any:
     if not stat.S_ISREG(mode):
         raise InputError(f"cannot read image {path}: not a regular file (a folder, FIFO or device is not an image)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings(record=True):  # PIL's bomb warning: the budget check below decides
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 _check_pixels(im.size, limit, str(path))
                 return _to_rgb(ImageOps.exif_transpose(im))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"cannot read image {path}: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"cannot read image {path}: over the image budget of {limit / 1e6:.1f} MP ({e})") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"cannot read image {path}: {e}") from None
 
