@@ -233,7 +233,8 @@ def _code() -> list[Case]:
         Case("model_config_auto_map", "code", [*CAL[:1], "{C}/m", *CAL[2:], "--out", "{C}/p.json"],
              lambda W, C: _model_with(W, C, lambda m: (
                  (m / "evil.py").write_text(EVIL_PY.format(marker=str(W / "PWNED"))),
-                 _json_edit(m / "config.json", auto_map={"AutoConfig": "evil.Cfg"}))), tty_yes=True),
+                 _json_edit(m / "config.json", auto_map={"AutoConfig": "evil.Cfg"}))), tty_yes=True,
+             expect="any"),  # a known model_type: transformers' own class, auto_map ignored
         Case("model_image_processor_auto_map", "code", ["export", "{C}/m", "--no-verify", "--out", "{C}/o"],
              lambda W, C: _model_with(W, C, lambda m: (
                  (m / "evil_processing.py").write_text(EVIL_PY.format(marker=str(W / "PWNED")) +

@@ -171,8 +171,8 @@ def load_image_processor(folder: Path) -> Any:
             cls = obj
             break
     if cls is None:
-        raise ModelError(f"{path}: image processor {name!r} is not one of transformers' image processors; "
-                         "rlens runs no code from model or bundle files")
+        raise ModelError(f"preprocessor_config.json names the image processor {name!r}, which is not one of "
+                         "transformers' image processors; rlens runs no code from model or bundle files")
     cfg = {k: v for k, v in cfg.items() if k not in ("auto_map", "image_processor_type", "processor_class")}
     try:
         return cls.from_dict(cfg)
