@@ -92,11 +92,16 @@ class Processor:
         rendered = self.render(sentinel)
         if rendered.count(sentinel) != 1:
             raise ModelError(f"the chat template in {self.folder} does not place the user text exactly once")
+        raw_before, raw_after = rendered.split(sentinel)
+        real = self.render(prompt)  # the user text as the template writes it (a template may trim it)
+        user = prompt
+        if real.startswith(raw_before) and real.endswith(raw_after) and len(real) >= len(raw_before) + len(raw_after):
+            user = real[len(raw_before):len(real) - len(raw_after)]
         before, after = expand_image_marker(self.family, rendered, n_visual).split(sentinel)
-        text = before + prompt + after
-        if not any(t in prompt for t in self._added_tokens()):
+        text = before + user + after
+        if not any(t in user for t in self._added_tokens()):
             return np.asarray([self.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64), text
-        ids = self.tokenizer.encode(before, add_special_tokens=False).ids + self.encode_text(prompt)
+        ids = self.tokenizer.encode(before, add_special_tokens=False).ids + self.encode_text(user)
         ids += self.tokenizer.encode(after, add_special_tokens=False).ids
         return np.asarray([ids], dtype=np.int64), text
 
