@@ -219,6 +219,25 @@ def load_image(image: Any, max_pixels: int | None = None) -> Any:
         raise InputError(f"cannot read image {path}: {e}") from None
 
 
+def probe_image(path: Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) from an image file's header, with :func:`load_image`'s refusals; decodes nothing."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = int(max_pixels or DEFAULT_MAX_IMAGE_PIXELS)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise InputError(f"cannot read image {path}: not a regular file (a folder, FIFO or device is not an image)")
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixels(im.size, limit, str(path))
+                return im.size
+    except Image.DecompressionBombError as e:
+        raise InputError(f"cannot read image {path}: over the image budget of {limit / 1e6:.1f} MP ({e})") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read image {path}: {e}") from None
+
+
 def _check_pixels(size: tuple[int, int], limit: int, name: str) -> None:
     w, h = size
     if w < 1 or h < 1 or w * h > limit:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from rlens.errors import InputError
-from rlens.processing import check_sequence_length
+from rlens.processing import check_sequence_length, probe_image
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,10 @@ def _sample_from_line(path: Path, number: int, line: str) -> CalibrationSample:
         raise InputError(f"{where}: bad image path {image!r}: {e}") from None
     if not found:
         raise InputError(f"{where}: image {image_path} not found (or not a regular file)")
+    try:
+        probe_image(image_path)  # the header only: a bad or oversized image fails now, naming its line
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
     return CalibrationSample(image_path, prompt, answer, where)
 
 
