@@ -398,3 +398,11 @@ def test_image_processor_without_auto_classes_matches_transformers(tmp_path, nam
     from rlens.errors import ModelError
     with pytest.raises(ModelError, match="not one of transformers"):
         load_image_processor(tmp_path)
+
+
+def test_artifact_formats_are_the_readers_formats():
+    from rlens import plan
+    from rlens.fileio import FORMATS
+    from rlens.runtime import manifest
+
+    assert FORMATS == {"bundle": manifest.FORMAT, "plan": plan.FORMAT}

@@ -44,13 +44,16 @@ class Processor:
         tok_file = self.folder / "tokenizer.json"
         if not tok_file.is_file():
             raise ModelError(f"{self.folder} has no tokenizer.json")
-        self.tokenizer = Tokenizer.from_file(str(tok_file))
+        try:
+            self.tokenizer = Tokenizer.from_file(str(tok_file))
+        except Exception as e:  # tokenizers raises plain Exception for a malformed file
+            raise ModelError(f"{tok_file} is not a tokenizers file: {str(e)[:200]}") from None
         self.chat_template = _read_chat_template(self.folder)
         self._image_processor: Any = None
         tcfg = _read_json(self.folder / "tokenizer_config.json")
         eos = tcfg.get("eos_token")
         eos = eos.get("content") if isinstance(eos, dict) else eos
-        self.eos_token_id = self.tokenizer.token_to_id(eos) if eos else None
+        self.eos_token_id = self.tokenizer.token_to_id(eos) if isinstance(eos, str) and eos else None
 
     @property
     def image_processor(self) -> Any:
@@ -260,12 +263,24 @@ def _to_rgb(im: Any) -> Any:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """A JSON object file (``{}`` when absent); anything else is one :class:`ModelError`."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise ModelError(f"cannot read {path}: {str(e)[:200]}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} is not a JSON object")
+    return data
 
 
 def _read_chat_template(folder: Path) -> str:
     if (folder / "chat_template.jinja").is_file():
-        return (folder / "chat_template.jinja").read_text()
+        try:
+            return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelError(f"cannot read {folder / 'chat_template.jinja'}: {e}") from None
     for name in ("chat_template.json", "tokenizer_config.json", "processor_config.json"):
         tmpl = _read_json(folder / name).get("chat_template")
         if isinstance(tmpl, str):
