@@ -137,13 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/rlens-hostile", help="work folder (corpus and case folders)")
     ap.add_argument("--json", help="write the per-case results and counts here")
     ap.add_argument("-k", default="", help="only cases whose name contains this")
+    ap.add_argument("--start", default="", help="skip the cases before this one (resume a run)")
     args = ap.parse_args(argv)
     env = {k: v for k, v in os.environ.items() if k != "RLENS_DEBUG"}
     env.update(PYTHONPATH=args.src, TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1")
     W = Path(args.work)
     corpus.build(W, env)
     results = []
-    for case in cases():
+    todo = cases()
+    if args.start:
+        todo = todo[[c.name for c in todo].index(args.start):]
+    for case in todo:
         if args.k in case.name:
             r = run_case(case, W, env)
             flags = [k for k in OUTCOMES if r[k]]

@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import stat
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from rlens.errors import InputError, ModelError
 
 DEFAULT_MAX_IMAGE_PIXELS = 1 << 25  # the runtime takes a bundle's own budget (manifest visual_tokens)
 MAX_PROMPT_CHARS = 1 << 20
+_IMPORT_LOCK = threading.Lock()
 from rlens.families.base import Family, expand_image_marker
 
 
@@ -50,6 +52,7 @@ class Processor:
             raise ModelError(f"{tok_file} is not a tokenizers file: {str(e)[:200]}") from None
         self.chat_template = _read_chat_template(self.folder)
         self._image_processor: Any = None
+        self._lock = threading.RLock()  # the tokenizer's encode_special_tokens flag and lazy loading
         tcfg = _read_json(self.folder / "tokenizer_config.json")
         eos = tcfg.get("eos_token")
         eos = eos.get("content") if isinstance(eos, dict) else eos
@@ -57,9 +60,10 @@ class Processor:
 
     @property
     def image_processor(self) -> Any:
-        if self._image_processor is None:
-            self._image_processor = load_image_processor(self.folder)
-        return self._image_processor
+        with self._lock:
+            if self._image_processor is None:
+                self._image_processor = load_image_processor(self.folder)
+            return self._image_processor
 
     def process_image(self, image: Any) -> dict[str, np.ndarray]:
         """The image processor's outputs (numpy); its refusals (e.g. aspect ratio) as :class:`InputError`."""
@@ -102,19 +106,21 @@ class Processor:
             user = real[len(raw_before):len(real) - len(raw_after)]
         before, after = expand_image_marker(self.family, rendered, n_visual).split(sentinel)
         text = before + user + after
-        if not any(t in user for t in self._added_tokens()):
-            return np.asarray([self.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64), text
-        ids = self.tokenizer.encode(before, add_special_tokens=False).ids + self.encode_text(user)
-        ids += self.tokenizer.encode(after, add_special_tokens=False).ids
+        with self._lock:
+            if not any(t in user for t in self._added_tokens()):
+                return np.asarray([self.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64), text
+            ids = self.tokenizer.encode(before, add_special_tokens=False).ids + self.encode_text(user)
+            ids += self.tokenizer.encode(after, add_special_tokens=False).ids
         return np.asarray([ids], dtype=np.int64), text
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of ``text`` as plain text: special/added token strings in it stay characters."""
-        self.tokenizer.encode_special_tokens = True
-        try:
-            return self.tokenizer.encode(check_prompt(text), add_special_tokens=False).ids
-        finally:
-            self.tokenizer.encode_special_tokens = False
+        with self._lock:  # the flag is the tokenizer's: no other thread encodes meanwhile
+            self.tokenizer.encode_special_tokens = True
+            try:
+                return self.tokenizer.encode(check_prompt(text), add_special_tokens=False).ids
+            finally:
+                self.tokenizer.encode_special_tokens = False
 
     def _added_tokens(self) -> list[str]:
         return [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.content]
@@ -173,11 +179,12 @@ def load_image_processor(folder: Path) -> Any:
                          "transformers' image processors")
     base = name.removesuffix("Fast").removesuffix("Pil")
     cls = None
-    for candidate in (base + "Pil", base):
-        obj = getattr(transformers, candidate, None) if hasattr(transformers, candidate) else None
-        if isinstance(obj, type) and issubclass(obj, BaseImageProcessor):
-            cls = obj
-            break
+    with _IMPORT_LOCK:  # transformers' lazy module is not safe to resolve from two threads at once
+        for candidate in (base + "Pil", base):
+            obj = getattr(transformers, candidate, None) if hasattr(transformers, candidate) else None
+            if isinstance(obj, type) and issubclass(obj, BaseImageProcessor):
+                cls = obj
+                break
     if cls is None:
         raise ModelError(f"preprocessor_config.json names the image processor {name!r}, which is not one of "
                          "transformers' image processors; rlens runs no code from model or bundle files")
