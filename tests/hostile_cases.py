@@ -154,13 +154,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{case.group:9} {case.name:32} rc={r['rc']!s:5} {r['seconds']:6.1f}s {' '.join(flags)}",
                   flush=True)
             results.append(r)
+            if args.json:
+                _write(args, results)
     counts = {k: sum(r[k] for r in results) for k in OUTCOMES}
     print(f"{len(results)} cases: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"src": args.src, "cases": len(results), "counts": counts,
-                                               "results": results}, indent=1) + "\n")
+        _write(args, results)
     return 0
+
+
+def _write(args: argparse.Namespace, results: list[dict]) -> None:
+    counts = {k: sum(r[k] for r in results) for k in OUTCOMES}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"src": args.src, "cases": len(results), "counts": counts,
+                                           "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
