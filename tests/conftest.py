@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import logging  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -13,6 +14,30 @@ import pytest  # noqa: E402
 from rlens.presets import PRESETS  # noqa: E402
 
 PRESET_NAMES = list(PRESETS)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def transformers_log_warnings_are_errors():
+    """transformers announces API changes through its logger as well as with warnings (which
+    pyproject's filterwarnings makes errors): a WARNING from its logger fails the test too."""
+    handler = _Records()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    if handler.records:
+        pytest.fail("transformers logged: " + " | ".join(r.getMessage()[:300] for r in handler.records))
 
 
 def sample_image(seed: int = 0, size: tuple[int, int] = (90, 120)):

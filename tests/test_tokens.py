@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache
 
+from rlens import hf_compat
 from rlens.errors import PlanError
 from rlens.export.decoder import geometry
 from rlens.export.verify import sample
@@ -62,15 +62,15 @@ def test_kept_count_rule():
 # ---- reference -------------------------------------------------------------------------------
 def _run(loaded, plan, feeds, span=SPAN, cache=None):
     fam, model = loaded.family, loaded.model
-    cache = cache if cache is not None else DynamicCache(config=fam.text_config(model.config))
+    cache = cache if cache is not None else hf_compat.new_cache(fam.text_config(model.config))
     with torch.no_grad(), reduced(model, plan, fam) as st:
         st.visual_span = span
-        out = fam.language_model(model)(
-            inputs_embeds=torch.from_numpy(feeds["inputs_embeds"]),
+        out = hf_compat.call_with_cache(
+            fam.language_model(model), cache, inputs_embeds=torch.from_numpy(feeds["inputs_embeds"]),
             attention_mask=torch.from_numpy(feeds["attention_mask"]),
-            position_ids=torch.from_numpy(feeds["position_ids"]), past_key_values=cache, use_cache=True)
+            position_ids=torch.from_numpy(feeds["position_ids"]), use_cache=True)
         rows = None if st.pruning is None or st.pruning.rows is None else st.pruning.rows.clone()
-    return out.last_hidden_state, out.past_key_values, rows
+    return out.last_hidden_state, hf_compat.output_cache(out), rows
 
 
 def test_no_op_settings_are_exact(loaded):
@@ -121,7 +121,7 @@ def _eager_scores(loaded, feeds, layer):
     """The score layer's attention from HF's eager implementation (output_attentions)."""
     fam, model = loaded.family, loaded.model
     lm = fam.language_model(model)
-    old = lm.config._attn_implementation
+    old = hf_compat.attn_implementation(lm.config)
     model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
@@ -161,7 +161,7 @@ def test_combined_plan_and_decode_steps(loaded):
     assert h.shape[1] == 24 - 7 and not torch.allclose(h[:, -1], alone[:, -1], atol=1e-3)
     past = int(s.feeds["position_ids"].max()) + 1
     for step in range(2):
-        kv = [t for layer in cache.layers for t in (layer.keys.numpy(), layer.values.numpy())]
+        kv = [t.numpy() for pair in hf_compat.cache_tensors(cache) for t in pair]
         d = sample(geo, 10 + step, 1, 1, (0, 0), kv, past + step)
         d.feeds["attention_mask"] = np.ones((1, 24 + step + 1), dtype=np.int64)
         h, cache, _ = _run(loaded, plan, d.feeds, span=(0, 0), cache=cache)

@@ -176,7 +176,7 @@ def build_tokenizer_json(preset: Preset) -> str:
 
 
 def _byte_of(ch: str) -> int:
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from rlens.hf_compat import bytes_to_unicode
 
     inv = {v: k for k, v in bytes_to_unicode().items()}
     return inv[ch]

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print("" if args.stream else out.text)
         st = out.stats
         print(f"rlens: {st.prompt_tokens} prompt tokens ({st.visual_tokens} visual), {st.new_tokens} new; "
+              f"load {sess.load_s * 1e3:.1f} ms; "
               f"time to first token {st.ttft_s * 1e3:.1f} ms (prefill {st.prefill_s * 1e3:.1f} ms), "
               f"{st.tokens_per_s:.1f} tokens/s", file=sys.stderr)
     return 0

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from rlens import hf_compat
 from rlens.export import attention as att
 from rlens.export import ffn as ffn_mod
 from rlens.export import tokens as tok
@@ -43,8 +44,7 @@ def _np(t: Any) -> np.ndarray:
 def geometry(loaded: Any) -> DecoderGeometry:
     fam, model = loaded.family, loaded.model
     s = fam.sizes(model.config)
-    rot = fam.language_model(model).rotary_emb
-    section = tuple(int(x) for x in rot.mrope_section) if fam.rope_kind == "mrope" else None
+    section = hf_compat.mrope_section(fam.language_model(model)) if fam.rope_kind == "mrope" else None
     return DecoderGeometry(s["num_layers"], s["hidden_size"], s["num_heads"], s["num_kv_heads"],
                            s["head_dim"], s["vocab_size"], section)
 
@@ -84,8 +84,8 @@ def rms_norm(b: GraphBuilder, x32: str, weight: np.ndarray, eps: float, name: st
 
 def _rope_tables(b: GraphBuilder, loaded: Any, geo: DecoderGeometry) -> tuple[str, str]:
     """cos, sin [B, 1, S, D] from ``position_ids`` (M-RoPE: per-frequency position row)."""
-    rot = loaded.family.language_model(loaded.model).rotary_emb
-    inv_freq = _np(rot.inv_freq).astype(np.float32)
+    lm = loaded.family.language_model(loaded.model)
+    inv_freq = _np(hf_compat.rotary_inv_freq(lm)).astype(np.float32)
     with b.scope("rotary"):
         pos = b.op("Unsqueeze", [b.op("Cast", ["position_ids"], to=TensorProto.FLOAT), b.const([-1])])
         freqs = b.op("Mul", [pos, b.const(inv_freq, np.float32)], label="freqs")
@@ -95,7 +95,7 @@ def _rope_tables(b: GraphBuilder, loaded: Any, geo: DecoderGeometry) -> tuple[st
             freqs = b.op("ReduceSum", [b.op("Mul", [freqs, b.const(onehot, np.float32)], label="sections"),
                                        b.const([0])], keepdims=0)
         emb = b.op("Concat", [freqs, freqs], axis=-1)
-        scale = float(getattr(rot, "attention_scaling", 1.0))
+        scale = hf_compat.rotary_attention_scaling(lm)
         cos, sin = b.op("Cos", [emb]), b.op("Sin", [emb])
         if scale != 1.0:
             cos = b.op("Mul", [cos, b.const(scale, np.float32)])
@@ -138,7 +138,7 @@ def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim:
 def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None) -> str:
     geo, attn = ctx.geo, ctx.family.attention(ctx.layers[i])
     pre = f"layers.{i}.attn"
-    scale = float(attn.scaling)
+    scale = hf_compat.attention_scaling(attn)
     hollow = lp is not None and lp.hollow_window is not None
     # The attention scale is folded into q_proj (RoPE is linear), except for the plugin node,
     # which takes unscaled q and its ``scale`` attribute.

@@ -66,28 +66,28 @@ def sample(geo: DecoderGeometry, seed: int, batch: int, seq: int, span: tuple[in
 def reference_step(loaded: Any, plan: Plan, s: DecoderSample) -> tuple[np.ndarray, list[np.ndarray]]:
     """The PyTorch golden of one decoder call: last-position logits and present KV (numpy)."""
     import torch
-    from transformers import DynamicCache
 
+    from rlens import hf_compat
     from rlens.reference import reduced
 
     fam, model = loaded.family, loaded.model
     lm = fam.language_model(model)
     f = s.feeds
     n = fam.sizes(model.config)["num_layers"]
-    cache = DynamicCache(config=fam.text_config(model.config))
+    cache = hf_compat.new_cache(fam.text_config(model.config))
     if any(f[f"past_key_values.{i}.key"].shape[2] for i in range(n)):
         for i in range(n):
-            cache.update(torch.from_numpy(f[f"past_key_values.{i}.key"]).float(),
-                         torch.from_numpy(f[f"past_key_values.{i}.value"]).float(), i)
+            hf_compat.cache_update(cache, torch.from_numpy(f[f"past_key_values.{i}.key"]).float(),
+                                   torch.from_numpy(f[f"past_key_values.{i}.value"]).float(), i)
     with torch.no_grad(), reduced(model, plan, fam) as state:
         state.visual_span = s.span
-        out = lm(inputs_embeds=torch.from_numpy(f["inputs_embeds"]).float(),
-                 attention_mask=torch.from_numpy(f["attention_mask"]),
-                 position_ids=torch.from_numpy(f["position_ids"]), past_key_values=cache, use_cache=True)
+        out = hf_compat.call_with_cache(lm, cache, inputs_embeds=torch.from_numpy(f["inputs_embeds"]).float(),
+                                        attention_mask=torch.from_numpy(f["attention_mask"]),
+                                        position_ids=torch.from_numpy(f["position_ids"]), use_cache=True)
         logits = fam.lm_head(model)(out.last_hidden_state[:, -1:])
     present = []
-    for layer in out.past_key_values.layers:
-        present += [layer.keys.numpy(), layer.values.numpy()]
+    for k, v in hf_compat.cache_tensors(hf_compat.output_cache(out)):
+        present += [k.numpy(), v.numpy()]
     return logits.numpy(), present
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from rlens import hf_compat
 from rlens.errors import ModelError
 from rlens.export.graph import GraphBuilder
 
@@ -38,7 +39,7 @@ class _ImageFeatures:
                 self.model = model
 
             def forward(self, *args: Any) -> Any:
-                out = self.model.model.get_image_features(**dict(zip(keys, args)))
+                out = hf_compat.image_features(self.model, **dict(zip(keys, args)))
                 feats = getattr(out, "pooler_output", out)
                 if isinstance(feats, (list, tuple)):
                     feats = torch.cat(list(feats), 0)

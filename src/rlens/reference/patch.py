@@ -8,11 +8,11 @@ the block. On exit every module, config and registration is restored.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+from rlens import hf_compat
 from rlens.errors import InputError
 from rlens.families import family_for_config
 from rlens.families.base import NO_SPAN, Family, VisualSpan
@@ -22,7 +22,6 @@ from rlens.reference.hollow import hollow_attention
 from rlens.reference.tokens import SCORE_ATTN_NAME, PruneState, prune_pre_hook, score_attention_forward
 
 ATTN_NAME = "rlens_hollow_reference"
-_registrations = 0
 
 
 class SpanState:
@@ -61,27 +60,9 @@ def _hollow_forward(module: Any, query: Any, key: Any, value: Any, attention_mas
     window, state, index = module._rlens_hollow
     start, length = state.layer_span(index)
     past = key.shape[2] - query.shape[2]
-    out = hollow_attention(query, key, value, (start + past, length), window,
-                           module.scaling if scaling is None else scaling, attention_mask)
+    scale = hf_compat.attention_scaling(module) if scaling is None else scaling
+    out = hollow_attention(query, key, value, (start + past, length), window, scale, attention_mask)
     return out.transpose(1, 2).contiguous(), None
-
-
-@contextmanager
-def _attention_registered() -> Iterator[None]:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    global _registrations
-    if _registrations == 0:
-        ALL_ATTENTION_FUNCTIONS[ATTN_NAME] = _hollow_forward
-        ALL_ATTENTION_FUNCTIONS[SCORE_ATTN_NAME] = score_attention_forward
-    _registrations += 1
-    try:
-        yield
-    finally:
-        _registrations -= 1
-        if _registrations == 0:
-            del ALL_ATTENTION_FUNCTIONS[ATTN_NAME]
-            del ALL_ATTENTION_FUNCTIONS[SCORE_ATTN_NAME]
 
 
 def _swap_attr(stack: ExitStack, obj: Any, name: str, value: Any) -> None:
@@ -91,19 +72,15 @@ def _swap_attr(stack: ExitStack, obj: Any, name: str, value: Any) -> None:
 
 
 def _hollow_layer(stack: ExitStack, attn: Any, window: int, state: SpanState, index: int) -> None:
-    cfg = copy.copy(attn.config)
-    cfg._attn_implementation_internal = ATTN_NAME
-    _swap_attr(stack, attn, "config", cfg)
+    _swap_attr(stack, attn, "config", hf_compat.with_attn_implementation(attn.config, ATTN_NAME))
     attn._rlens_hollow = (window, state, index)
     stack.callback(delattr, attn, "_rlens_hollow")
 
 
 def _score_layer(stack: ExitStack, attn: Any, prune: PruneState) -> None:
     """FastV's score layer: its attention function also records the last-query attention."""
-    inner = attn.config._attn_implementation
-    cfg = copy.copy(attn.config)
-    cfg._attn_implementation_internal = SCORE_ATTN_NAME
-    _swap_attr(stack, attn, "config", cfg)
+    inner = hf_compat.attn_implementation(attn.config)
+    _swap_attr(stack, attn, "config", hf_compat.with_attn_implementation(attn.config, SCORE_ATTN_NAME))
     attn._rlens_fastv = (prune, inner)
     stack.callback(delattr, attn, "_rlens_fastv")
 
@@ -128,7 +105,8 @@ def reduced(model: Any, plan: Plan, family: type[Family] | None = None) -> Itera
     layers = family.decoder_layers(model)
     with ExitStack() as stack:
         if any(lp.hollow_window is not None for lp in plan.layers) or plan.token_pruning is not None:
-            stack.enter_context(_attention_registered())
+            stack.enter_context(hf_compat.attention_functions(
+                {ATTN_NAME: _hollow_forward, SCORE_ATTN_NAME: score_attention_forward}))
         for lp in plan.layers:
             layer = layers[lp.index]
             if lp.hollow_window is not None:

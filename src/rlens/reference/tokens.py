@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from rlens import hf_compat
 from rlens.plan import TokenPruning
 from rlens.reference.ffn import top_k_lower_index_first
 
@@ -101,14 +102,9 @@ def prune_layer_kwargs(kwargs: dict[str, Any], rows: torch.Tensor, past_own: int
     return kw
 
 
-def _own_past(kwargs: dict[str, Any], index: int) -> int:
-    cache = kwargs.get("past_key_values")
-    if cache is None:
-        return 0
-    layers = getattr(cache, "layers", None)
-    if layers is not None and index >= len(layers):
-        return 0
-    return int(cache.get_seq_length(index))
+def _own_past(layer: Any, kwargs: dict[str, Any], index: int) -> int:
+    cache = hf_compat.layer_cache(layer, kwargs)
+    return 0 if cache is None else hf_compat.cache_seq_length(cache, index)
 
 
 def prune_pre_hook(index: int, state: PruneState, chunk_span: Any) -> Any:
@@ -116,7 +112,7 @@ def prune_pre_hook(index: int, state: PruneState, chunk_span: Any) -> Any:
 
     def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         hidden = args[0] if args else kwargs["hidden_states"]
-        past_own = _own_past(kwargs, index)
+        past_own = _own_past(module, kwargs, index)
         if index == state.first:
             _choose_rows(state, chunk_span(), hidden.shape[1], hidden.shape[0], kwargs)
             hidden = _gather_seq(hidden, state.rows, 0)
@@ -161,15 +157,10 @@ def last_query_scores(query: torch.Tensor, key: torch.Tensor, scaling: float,
 def score_attention_forward(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
                             scaling: float | None = None, **kw: Any) -> Any:
     """The score layer's attention: the layer's own attention function, plus the FastV score."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     state, inner = module._rlens_fastv
-    scale = module.scaling if scaling is None else scaling
+    scale = hf_compat.attention_scaling(module) if scaling is None else scaling
     state.scores = last_query_scores(query, key, scale, attention_mask)
-    if inner in ALL_ATTENTION_FUNCTIONS:
-        fn = ALL_ATTENTION_FUNCTIONS[inner]
-    else:  # "eager" is not in the registry; sdpa computes the same attention
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward as fn
+    fn = hf_compat.attention_function(inner)
     return fn(module, query, key, value, attention_mask, scaling=scaling, **kw)
 
 

@@ -66,6 +66,7 @@ class Bench:
         except InputError:
             self.session.close()
             raise
+        self.load_s = self.session.load_s
         self.resident = self.session.resident.get("decoder")
         self.cfg = cfg
         sess = self.session
@@ -114,7 +115,7 @@ class Bench:
         decode = statistics.median(self.decode_s)
         return {"bundle": str(m.folder), "plan": (m.raw.get("plan") or {}).get("summary"), "dtype": m.dtype,
                 "providers": self.session.runners["decoder"].extra().get("providers"),
-                "prefill_s": round(statistics.median(self.prefill_s), 6),
+                "load_s": round(self.load_s, 4), "prefill_s": round(statistics.median(self.prefill_s), 6),
                 "prefill_s_all": [round(x, 6) for x in self.prefill_s],
                 "decode_ms_per_token": round(decode * 1e3, 4), "decode_tokens_per_s": round(1.0 / decode, 3),
                 "weights_bytes": m.graph_bytes("decoder"), "decoder_resident_bytes": self.resident,
@@ -164,12 +165,12 @@ def ratios(a: Bench, b: Bench) -> dict[str, float]:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    rows = [f"{'bundle':<40} {'prefill ms':>11} {'decode tok/s':>13} {'weights MB':>11} {'resident MB':>12} "
-            f"{'FLOPs ratio':>12}"]
+    rows = [f"{'bundle':<40} {'load ms':>8} {'prefill ms':>11} {'decode tok/s':>13} {'weights MB':>11} "
+            f"{'resident MB':>12} {'FLOPs ratio':>12}"]
     for b in result["bundles"]:
         flops = "-" if b["flops_ratio"] is None else f"{b['flops_ratio']:.3f}"
         res = "-" if b["decoder_resident_bytes"] is None else f"{b['decoder_resident_bytes'] / 1e6:.1f}"
-        rows.append(f"{Path(b['bundle']).name[:40]:<40} {b['prefill_s'] * 1e3:>11.1f} "
+        rows.append(f"{Path(b['bundle']).name[:40]:<40} {b['load_s'] * 1e3:>8.0f} {b['prefill_s'] * 1e3:>11.1f} "
                     f"{b['decode_tokens_per_s']:>13.2f} {b['weights_bytes'] / 1e6:>11.1f} {res:>12} {flops:>12}")
     if "ratios" in result:
         r = result["ratios"]

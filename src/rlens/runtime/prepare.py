@@ -45,8 +45,6 @@ class Preparer:
         self.family = family_by_name(manifest.family)
         self.processor = Processor(manifest.folder / "processor", self.family, None)
         self.vision_inputs = vision_inputs or {}
-        if self.vision_inputs:
-            self.processor.image_processor  # noqa: B018 - load it now: bad files fail at open, not mid-generate
 
     @property
     def max_sequence(self) -> int | None:

@@ -99,6 +99,8 @@ class Session:
             raise
         vision = self.runners.get("vision")
         self.preparer = Preparer(manifest, vision.inputs if vision else None)
+        if vision:  # load the image processor now: its set-up is load time, not time to first token
+            _ = self.preparer.processor.image_processor
         dec = self.runners["decoder"].inputs
         self.float_dtype = dec["inputs_embeds"].dtype
         self.mrope = len(dec["position_ids"].shape) == 3
@@ -106,17 +108,22 @@ class Session:
         self.kv_shape = (1, m.num_kv_heads, 0, m.head_dim)
         #: the stats of the generate call that finished last (each call fills its own Stream.stats)
         self.stats = Stats()
+        self.load_s = 0.0  # set by from_bundle: manifest + hashes + graphs + processor
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "onnxruntime", providers: tuple[str, ...] | None = None,
                     *, check_hashes: bool = True, digest: str | None = None, **options: Any) -> Session:
-        """Open a bundle (manifest, its root digest, file hashes checked) and load its graphs.
+        """Open a bundle (manifest, its root digest, file hashes checked) and load its graphs;
+        :attr:`load_s` is the time that took (reported apart from time to first token).
 
         ``digest``: the manifest's expected root digest (``manifest.json`` → ``digest``), to pin a
         bundle you trust; any other bundle is then refused.
         """
-        return cls(read_manifest(path, check_hashes=check_hashes, digest=digest), backend,
+        t0 = time.perf_counter()
+        sess = cls(read_manifest(path, check_hashes=check_hashes, digest=digest), backend,
                    tuple(providers) if providers else None, **options)
+        sess.load_s = time.perf_counter() - t0
+        return sess
 
     def close(self) -> None:
         for runner in self.runners.values():

@@ -16,16 +16,26 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tenso
               "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
 
 
+def import_onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or one clear error saying which extra installs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendError("ONNX Runtime is not installed: pip install \"redundancylens[onnxruntime]\" (CPU) "
+                           "or \"redundancylens[onnxruntime-gpu]\" (CUDA/TensorRT), never both") from None
+    return onnxruntime
+
+
 def resolve_providers(names: tuple[str, ...] | None) -> list[str]:
     """Full provider names, in order, checked against this ONNX Runtime build (CPU appended last)."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     available = ort.get_available_providers()
     wanted = [PROVIDERS.get(n.lower(), n) for n in (names or ("cpu",))]
     missing = [n for n in wanted if n not in available]
     if missing:
         raise BackendError(f"ONNX Runtime here has no {', '.join(missing)}; available: {', '.join(available)} "
-                           "(install onnxruntime-gpu for CUDA/TensorRT)")
+                           "(for CUDA/TensorRT: pip uninstall onnxruntime, then pip install \"redundancylens[onnxruntime-gpu]\")")
     if "CPUExecutionProvider" not in wanted:
         wanted.append("CPUExecutionProvider")
     return wanted
@@ -42,7 +52,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def activate_impl(self) -> None:
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
