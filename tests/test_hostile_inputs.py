@@ -406,3 +406,22 @@ def test_artifact_formats_are_the_readers_formats():
     from rlens.runtime import manifest
 
     assert FORMATS == {"bundle": manifest.FORMAT, "plan": plan.FORMAT}
+
+
+def test_engine_records_go_through_the_one_writer(tmp_path):
+    """build-engine's rewrite (rlens.engine.build): engines land in `files` (hashed) and their
+    record paths are confined like every other path."""
+    from rlens.runtime.manifest import read_manifest, write_manifest
+
+    folder = tmp_path / "b"
+    _write_bundle(folder, _minimal_manifest())
+    (folder / "engines").mkdir()
+    (folder / "engines" / "decoder.plan").write_bytes(b"engine")
+    with pytest.raises(BundleError, match="does not list"):
+        read_manifest(folder)
+    body = {**json.loads((folder / "manifest.json").read_text()), "engines": {"decoder": {"file": "engines/decoder.plan"}}}
+    write_manifest(folder, body)
+    m = read_manifest(folder)
+    assert "engines/decoder.plan" in m.files and m.path(m.engines["decoder"]["file"]).name == "decoder.plan"
+    with pytest.raises(BundleError, match="not listed|not a plain"):
+        m.path("../b/engines/decoder.plan")
