@@ -43,9 +43,11 @@ def plugin_bundle(tmp_path_factory):
 
 
 def test_plugin_function_is_stripped_and_nodes_kept(plugin_bundle, tmp_path):
-    count = onnx_for_tensorrt(plugin_bundle / "decoder.onnx", tmp_path / "decoder.onnx")
-    assert count == 2
-    model = onnx.load(str(tmp_path / "decoder.onnx"))
+    before = sorted(p.name for p in plugin_bundle.iterdir())
+    prepared = onnx_for_tensorrt(plugin_bundle / "decoder.onnx")
+    assert prepared.plugin_nodes == 2 and prepared.path == plugin_bundle / "decoder.onnx"
+    assert sorted(p.name for p in plugin_bundle.iterdir()) == before, "nothing is written"
+    model = onnx.load_from_string(prepared.model_bytes)
     assert not any(f.name == HOLLOW_ATTENTION.name for f in model.functions)
     nodes = [n for n in model.graph.node if n.op_type == HOLLOW_ATTENTION.name]
     assert len(nodes) == 2 and all(n.domain == HOLLOW_ATTENTION.onnx_domain for n in nodes)
@@ -53,6 +55,74 @@ def test_plugin_function_is_stripped_and_nodes_kept(plugin_bundle, tmp_path):
     assert attrs["plugin_namespace"] == b"rlens" and attrs["plugin_version"] == b"1" and attrs["window"] == 4
     original = onnx.load(str(plugin_bundle / "decoder.onnx"))
     assert any(f.name == HOLLOW_ATTENTION.name for f in original.functions), "the bundle itself keeps the body"
+    # the bytes parse to the same graph once the external data are resolved next to the bundle's file
+    (tmp_path / "decoder.onnx").write_bytes(prepared.model_bytes)
+    for f in plugin_bundle.glob("decoder.onnx*.data"):
+        (tmp_path / f.name).symlink_to(f)
+    onnx.checker.check_model(str(tmp_path / "decoder.onnx"))
+
+
+def test_prepare_above_2gib_reads_no_weights_and_writes_nothing(tmp_path):
+    """A 3 GiB decoder (sparse external data file: no disk or memory used): the prepared graph is
+    a few hundred bytes and points at the bundle's data file; ByteSize() is never involved."""
+    from onnx import TensorProto, helper
+
+    size = 3 * 2**30 // 4
+    data = tmp_path / "decoder.onnx.data"
+    with open(data, "wb") as f:
+        f.truncate(size * 4)
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[size])
+    weight.data_location = TensorProto.EXTERNAL
+    for k, v in {"location": data.name, "offset": "0", "length": str(size * 4)}.items():
+        weight.external_data.add(key=k, value=v)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size])], [weight])
+    (tmp_path / "decoder.onnx").write_bytes(helper.make_model(graph).SerializeToString())
+    prepared = onnx_for_tensorrt(tmp_path / "decoder.onnx")
+    assert prepared.external_bytes == size * 4 > 2**31
+    assert len(prepared.model_bytes) < 4096
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["decoder.onnx", "decoder.onnx.data"]
+    init = onnx.load_from_string(prepared.model_bytes).graph.initializer[0]
+    assert {e.key: e.value for e in init.external_data}["location"] == data.name
+
+
+def test_unreadable_onnx_is_a_bundle_error(tmp_path):
+    (tmp_path / "decoder.onnx").write_bytes(b"not a protobuf \xff\xff")
+    with pytest.raises(BundleError, match="cannot read"):
+        onnx_for_tensorrt(tmp_path / "decoder.onnx")
+
+
+def test_embed_profile_opt_never_exceeds_max(plugin_bundle):
+    from rlens.engine.build import EngineConfig, _profiles
+
+    manifest = json.loads((plugin_bundle / "manifest.json").read_text())
+    for max_seq, max_visual in ((2048, 1024), (300, 290), (70, 60)):
+        profiles = _profiles(manifest, EngineConfig(max_visual_tokens=max_visual, max_seq=max_seq))
+        for p in [q for qs in profiles.values() for q in qs]:
+            for name, (lo, opt, hi) in p.shapes.items():
+                assert all(a <= b <= c for a, b, c in zip(lo, opt, hi)), (p.name, name, lo, opt, hi)
+
+
+def test_tensorrt_below_10_3_is_refused_with_the_jetpack_fact():
+    from rlens.engine.build import TensorRTUnavailable, check_tensorrt_version
+
+    for ok in ("10.3.0.30", "10.16.0.1", "11.1.0"):
+        check_tensorrt_version(ok)
+    for bad in ("8.6.2.3", "10.2.0", "9.3.0"):
+        with pytest.raises(TensorRTUnavailable, match="JetPack 6.0 ships TensorRT 8.6"):
+            check_tensorrt_version(bad)
+
+
+def test_jetson_is_identified_without_nvidia_smi(tmp_path):
+    from rlens.targets import _from_jetson_device_tree
+
+    model = tmp_path / "model"
+    model.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
+    assert _from_jetson_device_tree(str(model)) == ("NVIDIA Jetson AGX Orin Developer Kit", "8.7")
+    model.write_bytes(b"Raspberry Pi 5\x00")
+    assert _from_jetson_device_tree(str(model)) is None
+    assert _from_jetson_device_tree(str(tmp_path / "absent")) is None
 
 
 def test_decoder_profiles_cover_every_input(plugin_bundle):
@@ -107,7 +177,7 @@ def test_decoder_engine_matches_onnxruntime(tmp_path, attention):
 
     loaded = load_model("tiny-llava")
     plan = Plan(model=loaded.info(), layers=(LayerPlan(2, hollow_window=4),))
-    bundle = bundle_from_plan(loaded, plan, tmp_path / "b", ExportConfig(attention=attention))
+    bundle = bundle_from_plan(loaded, plan, tmp_path / "b", ExportConfig(attention=attention, ops="standard"))
     engine_from_bundle(bundle, EngineConfig(max_visual_tokens=32, max_seq=128, graphs=("decoder",)))
     feeds = _prefill_feeds(json.loads((bundle / "manifest.json").read_text()), seq=40, span=(6, 16))
     want = ort.InferenceSession(str(bundle / "decoder.onnx")).run(["logits"], feeds)[0]
@@ -200,3 +270,20 @@ def test_visual_span_has_value_bounds_for_tensorrt_shape_tensors(plugin_bundle):
     lo, opt, hi = prefill.values["visual_span"]
     assert lo == (0, 0) and opt[1] == 256 and hi == (512, 512)
     assert decode.values["visual_span"] == ((0, 0), (0, 0), (0, 0))
+
+
+def test_trtexec_graph_uses_the_plugin_and_the_bundle_weights(plugin_bundle):
+    """python -m rlens.engine.trtexec writes decoder.trt.onnx beside decoder.onnx: no function body
+    (trtexec would inline it and silently skip the plugin), no weights, same external data."""
+    r = subprocess.run([sys.executable, "-m", "rlens.engine.trtexec", str(plugin_bundle / "decoder.onnx")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    dst = plugin_bundle / "decoder.trt.onnx"
+    assert r.stdout.strip() == str(dst)
+    model = onnx.load(str(dst))  # loads the external data from the bundle's own file
+    assert not model.functions and sum(n.op_type == HOLLOW_ATTENTION.name for n in model.graph.node) == 2
+    assert dst.stat().st_size < (plugin_bundle / "decoder.onnx").stat().st_size + 1
+    dst.unlink()
+    bad = subprocess.run([sys.executable, "-m", "rlens.engine.trtexec", str(plugin_bundle / "nope.onnx")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr

@@ -142,3 +142,4 @@ def test_a_broken_assumption_fails_loudly_with_the_version():
     with pytest.raises(hf_compat.CompatError, match="called with"):
         hf_compat.layer_cache(Renamed(), {"past_key_values": object()})
     assert hf_compat.layer_cache(Renamed(), {}) is None
+

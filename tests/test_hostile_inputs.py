@@ -376,27 +376,20 @@ def test_hostile_corpus(tmp_path):
     assert not any(bad.values()), bad
 
 
-@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-llava", "tiny-internvl", "tiny-idefics3"])
-def test_image_processor_without_auto_classes_matches_transformers(tmp_path, name):
-    """The processor is built from its JSON by class name (no auto_map, no code from the folder) and
-    gives exactly what transformers' AutoImageProcessor gives."""
-    from transformers import AutoImageProcessor
-
-    from conftest import sample_image
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-llava"])
+def test_image_processor_config_with_auto_map_is_refused(tmp_path, name):
+    """No code from processor files: an auto_map (custom code) is one ModelError, nothing imported."""
+    from rlens.errors import ModelError
+    from rlens.imageproc import load_image_processor
     from rlens.presets import get_preset, save_processor_files
-    from rlens.processing import load_image_processor
 
     save_processor_files(get_preset(name), tmp_path)
-    ours, theirs = load_image_processor(tmp_path), AutoImageProcessor.from_pretrained(str(tmp_path))
-    assert type(ours) is type(theirs)
-    a, b = ours(images=[sample_image()], return_tensors="np"), theirs(images=[sample_image()], return_tensors="np")
-    assert set(a) == set(b) and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+    load_image_processor(tmp_path)
     cfg = json.loads((tmp_path / "preprocessor_config.json").read_text())
     (tmp_path / "evil.py").write_text("raise SystemExit('ran')")
     cfg.update(auto_map={"AutoImageProcessor": "evil.X"}, image_processor_type="X")
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
-    from rlens.errors import ModelError
-    with pytest.raises(ModelError, match="not one of transformers"):
+    with pytest.raises(ModelError, match="auto_map|custom code"):
         load_image_processor(tmp_path)
 
 

@@ -76,6 +76,46 @@ def test_cmake_without_tensorrt_builds_kernel_library_only(tmp_path):
     assert not (tmp_path / "build" / "librlens_trt_plugins.so").exists()
 
 
+def _fake_tensorrt(root: Path, version: str) -> Path:
+    """A TensorRT include dir with only the two files CMake reads (a stand-in for JetPack's)."""
+    major, minor, patch = version.split(".")
+    inc = root / "include"
+    inc.mkdir(parents=True)
+    (inc / "NvInferRuntime.h").write_text("// stand-in\n")
+    (inc / "NvInferVersion.h").write_text(
+        f"#define NV_TENSORRT_MAJOR {major}\n#define NV_TENSORRT_MINOR {minor}\n#define NV_TENSORRT_PATCH {patch}\n")
+    return root
+
+
+def _configure_fails(tmp_path: Path, root: Path, path_env: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDACXX", "TensorRT_ROOT")}
+    env["PATH"] = path_env
+    proc = subprocess.run([CMAKE, "-S", str(PLUGINS), "-B", str(tmp_path / "build"), f"-DTensorRT_ROOT={root}"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode != 0, proc.stdout
+    assert proc.stderr.count("CMake Error") == 1, proc.stderr  # one clear error, nothing else
+    return " ".join(proc.stderr.split())
+
+
+def _path_without_nvcc() -> str:
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "nvcc").exists()]
+    return os.pathsep.join(dirs + [str(Path(CMAKE).parent)])
+
+
+@needs_cmake
+def test_stock_jetpack_6_0_gets_one_clear_error(tmp_path):
+    """JetPack 6.0: TensorRT 8.6 headers and no nvcc on PATH -> FATAL_ERROR naming the version."""
+    err = _configure_fails(tmp_path, _fake_tensorrt(tmp_path / "trt", "8.6.2"), _path_without_nvcc())
+    assert "TensorRT 8.6.2" in err and "needs TensorRT >= 10.3" in err and "JetPack 6.0 ships TensorRT 8.6" in err
+
+
+@needs_cmake
+def test_tensorrt_headers_without_nvcc_is_an_error_not_a_silent_skip(tmp_path):
+    """JetPack 6.1+: TensorRT 10.3 headers, nvcc in /usr/local/cuda/bin but not on PATH."""
+    err = _configure_fails(tmp_path, _fake_tensorrt(tmp_path / "trt", "10.3.0"), _path_without_nvcc())
+    assert "TensorRT 10.3.0 headers found" in err and "no CUDA compiler" in err and "/usr/local/cuda/bin" in err
+
+
 @needs_nvcc
 @needs_cmake
 @pytest.mark.parametrize("root", tensorrt_roots() or [None])

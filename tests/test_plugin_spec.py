@@ -197,21 +197,30 @@ def test_library_path_search_order(monkeypatch, tmp_path):
     assert plugins.library_path() == custom
 
 
-def test_register_with_uses_the_registry(monkeypatch, tmp_path):
+def test_register_with_loads_once_per_process_and_raises_on_failure(monkeypatch, tmp_path):
     lib = tmp_path / plugins.LIBRARY_NAME
     lib.write_bytes(b"")
     monkeypatch.setenv(plugins.ENV_VAR, str(lib))
 
     class FakeRegistry:
-        def __init__(self, handle):
-            self.handle, self.paths = handle, []
+        def __init__(self, handle, creator=True):
+            self.handle, self.creator, self.paths = handle, creator, []
 
         def load_library(self, path):
             self.paths.append(path)
             return self.handle
 
+        def get_creator(self, name, version, namespace):
+            assert (name, version, namespace) == ("HollowAttention", "1", "rlens")
+            return object() if self.creator else None
+
     registry = FakeRegistry(handle=object())
     assert plugins.register_with(registry) is registry.handle
-    assert registry.paths == [str(lib)]
-    with pytest.raises(RlensError):
+    assert plugins.register_with(registry, lib) is registry.handle  # engine build, then the runtime
+    assert registry.paths == [str(lib)], "loaded once per process"
+    with pytest.raises(RlensError, match="could not load"):
         plugins.register_with(FakeRegistry(handle=None))
+    with pytest.raises(RlensError, match="no rlens::HollowAttention"):
+        plugins.register_with(FakeRegistry(handle=object(), creator=False))
+    with pytest.raises(plugins.PluginNotBuiltError):
+        plugins.register_with(FakeRegistry(handle=object()), tmp_path / "absent.so")

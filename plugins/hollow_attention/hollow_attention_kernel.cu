@@ -1,4 +1,11 @@
-// HollowAttention CUDA kernel: flash-attention style tiling with an online softmax.
+// HollowAttention CUDA kernels and their C entry points.
+//
+// v2 (hollow_attention_tc.cuh): fp16 tensor cores, K/V tiles shared by a GQA group, used by
+// rlens_hollow_attention_f16 whenever rlens_hollow_tc_supported() holds (head_dim % 16 == 0,
+// head_dim <= 128, Hq / Hkv <= 64). v1 (below): the CUDA-core kernel, used for fp32, for the
+// other fp16 shapes, and on request (rlens_hollow_attention_f16_simt, for tests and benchmarks).
+//
+// v1: flash-attention style tiling with an online softmax.
 //
 // One block per (query tile of kQueryTile queries, query head, batch entry). The block visits
 // only the key tiles that tile_schedule.h says its queries need (text prefix + window for
@@ -7,6 +14,7 @@
 // of each query and of its float accumulator. Work is proportional to the attended pairs, at
 // tile granularity. Layouts and the C entry points are documented in hollow_attention_kernel.h.
 #include "hollow_attention_kernel.h"
+#include "hollow_attention_tc.cuh"
 #include "tile_schedule.h"
 
 #include <cuda_fp16.h>
@@ -240,12 +248,17 @@ cudaError_t launch_dpl(KernelArgs<T> const& a, int32_t batch, cudaStream_t strea
 }
 
 template <typename T>
+bool bad_args(KernelArgs<T> const& a, int32_t batch)
+{
+    return a.head_dim < 1 || a.head_dim > RLENS_HOLLOW_MAX_HEAD_DIM || a.num_heads < 1 || a.num_kv_heads < 1
+        || a.num_heads % a.num_kv_heads != 0 || a.q_len < 0 || a.kv_len < a.q_len || a.window < 1 || batch < 0
+        || a.num_heads > 65535 || batch > 65535;
+}
+
+template <typename T>
 cudaError_t launch(KernelArgs<T> const& a, int32_t batch, cudaStream_t stream)
 {
-    bool const bad = a.head_dim < 1 || a.head_dim > RLENS_HOLLOW_MAX_HEAD_DIM || a.num_heads < 1
-        || a.num_kv_heads < 1 || a.num_heads % a.num_kv_heads != 0 || a.q_len < 0 || a.kv_len < a.q_len
-        || a.window < 1 || batch < 0 || a.num_heads > 65535 || batch > 65535;
-    if (bad)
+    if (bad_args(a, batch))
     {
         return cudaErrorInvalidValue;
     }
@@ -266,6 +279,40 @@ cudaError_t launch(KernelArgs<T> const& a, int32_t batch, cudaStream_t stream)
         return launch_dpl<T, 4>(a, batch, stream);
     }
     return launch_dpl<T, 8>(a, batch, stream);
+}
+
+template <int DC>
+cudaError_t launch_tc_dc(tc::Args const& t, int32_t batch, cudaStream_t stream)
+{
+    dim3 const grid(static_cast<unsigned>((t.q_len + t.queries_per_block - 1) / t.queries_per_block),
+        static_cast<unsigned>(t.num_kv_heads), static_cast<unsigned>(batch));
+    tc::hollow_attention_tc_kernel<DC><<<grid, tc::kThreads, 0, stream>>>(t);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_tc(KernelArgs<__half> const& a, int32_t batch, cudaStream_t stream)
+{
+    if (bad_args(a, batch) || !tc::supported(a.num_heads, a.num_kv_heads, a.head_dim))
+    {
+        return cudaErrorInvalidValue;
+    }
+    if (a.q_len == 0 || batch == 0)
+    {
+        return cudaSuccess;
+    }
+    tc::Args const t{a.q, a.k, a.v, a.visual_span, a.out, a.num_heads, a.num_kv_heads, a.q_len, a.kv_len,
+        a.head_dim, a.window, a.scale, tc::kRows / (a.num_heads / a.num_kv_heads)};
+    switch (a.head_dim / 16)
+    {
+    case 1: return launch_tc_dc<1>(t, batch, stream);
+    case 2: return launch_tc_dc<2>(t, batch, stream);
+    case 3: return launch_tc_dc<3>(t, batch, stream);
+    case 4: return launch_tc_dc<4>(t, batch, stream);
+    case 5: return launch_tc_dc<5>(t, batch, stream);
+    case 6: return launch_tc_dc<6>(t, batch, stream);
+    case 7: return launch_tc_dc<7>(t, batch, stream);
+    default: return launch_tc_dc<8>(t, batch, stream);
+    }
 }
 
 template <typename T>
@@ -306,8 +353,36 @@ extern "C" int rlens_hollow_attention_f16(void const* q, void const* k, void con
     void* out, int32_t batch, int32_t num_heads, int32_t num_kv_heads, int32_t q_len, int32_t kv_len,
     int32_t head_dim, int32_t window, float scale, rlens_stream_t stream)
 {
+    if (rlens_hollow_tc_supported(num_heads, num_kv_heads, head_dim))
+    {
+        return rlens_hollow_attention_f16_tc(q, k, v, visual_span, out, batch, num_heads, num_kv_heads, q_len, kv_len,
+            head_dim, window, scale, stream);
+    }
+    return rlens_hollow_attention_f16_simt(q, k, v, visual_span, out, batch, num_heads, num_kv_heads, q_len, kv_len,
+        head_dim, window, scale, stream);
+}
+
+extern "C" int rlens_hollow_attention_f16_simt(void const* q, void const* k, void const* v,
+    int64_t const* visual_span, void* out, int32_t batch, int32_t num_heads, int32_t num_kv_heads, int32_t q_len,
+    int32_t kv_len, int32_t head_dim, int32_t window, float scale, rlens_stream_t stream)
+{
     using namespace rlens::hollow;
     KernelArgs<__half> const a = make_args<__half>(
         q, k, v, visual_span, out, num_heads, num_kv_heads, q_len, kv_len, head_dim, window, scale);
     return static_cast<int>(launch<__half>(a, batch, reinterpret_cast<cudaStream_t>(stream)));
+}
+
+extern "C" int rlens_hollow_attention_f16_tc(void const* q, void const* k, void const* v, int64_t const* visual_span,
+    void* out, int32_t batch, int32_t num_heads, int32_t num_kv_heads, int32_t q_len, int32_t kv_len,
+    int32_t head_dim, int32_t window, float scale, rlens_stream_t stream)
+{
+    using namespace rlens::hollow;
+    KernelArgs<__half> const a = make_args<__half>(
+        q, k, v, visual_span, out, num_heads, num_kv_heads, q_len, kv_len, head_dim, window, scale);
+    return static_cast<int>(launch_tc(a, batch, reinterpret_cast<cudaStream_t>(stream)));
+}
+
+extern "C" int rlens_hollow_tc_supported(int32_t num_heads, int32_t num_kv_heads, int32_t head_dim)
+{
+    return rlens::hollow::tc::supported(num_heads, num_kv_heads, head_dim) ? 1 : 0;
 }

@@ -34,6 +34,20 @@ int rlens_hollow_attention_f16(void const* q, void const* k, void const* v, int6
     void* out, int32_t batch, int32_t num_heads, int32_t num_kv_heads, int32_t q_len, int32_t kv_len,
     int32_t head_dim, int32_t window, float scale, rlens_stream_t stream);
 
+/* fp16 variants: _f16 picks v2 (tensor cores) when rlens_hollow_tc_supported(), else v1;
+ * _f16_simt always runs v1 (CUDA cores); _f16_tc always runs v2 (cudaErrorInvalidValue for
+ * shapes it does not support). Same arguments and results as _f16. */
+int rlens_hollow_attention_f16_simt(void const* q, void const* k, void const* v, int64_t const* visual_span,
+    void* out, int32_t batch, int32_t num_heads, int32_t num_kv_heads, int32_t q_len, int32_t kv_len,
+    int32_t head_dim, int32_t window, float scale, rlens_stream_t stream);
+
+int rlens_hollow_attention_f16_tc(void const* q, void const* k, void const* v, int64_t const* visual_span,
+    void* out, int32_t batch, int32_t num_heads, int32_t num_kv_heads, int32_t q_len, int32_t kv_len,
+    int32_t head_dim, int32_t window, float scale, rlens_stream_t stream);
+
+/* 1 when v2 handles the shape: head_dim a multiple of 16 up to 128, num_heads / num_kv_heads <= 64. */
+int rlens_hollow_tc_supported(int32_t num_heads, int32_t num_kv_heads, int32_t head_dim);
+
 #ifdef __cplusplus
 }
 #endif

@@ -256,7 +256,7 @@ bool HollowAttentionPlugin::checkDims(Dims const* d, int32_t nbInputs, int32_t n
     {
         return false;
     }
-    bool ok = dimIs(d[kQ].d[1], mParams.num_heads) && dimIs(d[kQ].d[3], mParams.head_dim)
+    bool ok = dimIs(d[kQ].d[0], 1) && dimIs(d[kQ].d[1], mParams.num_heads) && dimIs(d[kQ].d[3], mParams.head_dim)
         && dimIs(d[kK].d[1], mParams.num_kv_heads) && dimIs(d[kK].d[3], mParams.head_dim) && dimIs(d[kSPAN].d[0], 2);
     ok = ok && dimIs(d[kK].d[0], d[kQ].d[0]);
     for (int32_t i = 0; i < 4; ++i)
@@ -278,6 +278,12 @@ int32_t HollowAttentionPlugin::configurePlugin(DynamicPluginTensorDesc const* in
     if (!checkDims(dims, nbInputs, nbOutputs))
     {
         logError("HollowAttention: input shapes do not match q [B,Hq,S,D], k/v [B,Hkv,T,D], visual_span [2]");
+        return -1;
+    }
+    if (in[kQ].max.nbDims == 4 && in[kQ].max.d[0] > 1)
+    {
+        logError("HollowAttention: batch must be 1 (the plugin has no attention_mask input, so padded batches "
+                 "cannot be honoured); build the engine with a batch-1 profile");
         return -1;
     }
     return 0;

@@ -5,6 +5,8 @@
 //   inputs : q [B, Hq, S, D], k [B, Hkv, T, D], v [B, Hkv, T, D]  (fp32 or fp16, all the same,
 //            linear), visual_span int64 [2] = (start, length) in chunk coordinates.
 //   output : out [B, Hq, S, D], dtype of q.
+// B must be 1: the node has no attention_mask input, so it cannot honour padding; configurePlugin
+// and onShapeChange refuse a batch above 1 (the kernel itself handles any batch, unpadded).
 // Only APIs present in both TensorRT 10.3 and 11.x are used; the library needs no libnvinfer
 // at link time (creators are handed to TensorRT through getCreators(), see rlens_plugins.cpp).
 #ifndef RLENS_HOLLOW_ATTENTION_PLUGIN_H

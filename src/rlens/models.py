@@ -6,6 +6,7 @@ load from safetensors only (no pickle).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from rlens.plan import ModelInfo
 from rlens.presets import Preset, build_model, get_preset, is_preset, save_processor_files
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+LOAD_DTYPES = ("auto", *DTYPES)  # auto: the checkpoint's own dtype (config.dtype), fp32 for presets
 
 
 @dataclass
@@ -52,11 +54,27 @@ class LoadedModel:
             raise ModelError(f"{src} has no tokenizer.json; rlens needs a fast tokenizer file")
 
 
-def load_model(spec: str, *, trust_remote_code: bool = False, dtype: str = "fp32") -> LoadedModel:
-    """Load ``spec``: a preset name (``tiny-qwen2-vl`` ...), or a save_pretrained directory."""
+def load_model(spec: str, *, trust_remote_code: bool = False, dtype: str = "auto",
+               placement: dict[str, Any] | None = None) -> LoadedModel:
+    """Load ``spec``: a preset name (``tiny-qwen2-vl`` ...), or a save_pretrained directory.
+
+    ``dtype`` (one of :data:`LOAD_DTYPES`) is the dtype the weights are held in: ``auto`` keeps the
+    checkpoint's own (a bf16 checkpoint takes half the memory of an fp32 load). ``placement``
+    (directories only): ``device_map`` / ``max_memory`` / ``offload_folder`` for accelerate, as
+    ``from_pretrained`` takes them (docs/calibration.md, "Large checkpoints").
+    """
+    if dtype not in LOAD_DTYPES:
+        raise ModelError(f"--load-dtype must be one of {', '.join(LOAD_DTYPES)}, got {dtype!r}")
+    if placement and is_preset(spec):
+        raise ModelError("--device-map/--max-memory need a save_pretrained directory, not a preset")
     if is_preset(spec):
         preset = get_preset(spec)
         model = build_model(preset)
+        if dtype not in ("auto", "fp32"):
+            import torch
+
+            for p in model.parameters():  # as from_pretrained(dtype=...): buffers (rotary) stay fp32
+                p.data = p.data.to(getattr(torch, DTYPES[dtype]))
         fam = family_for_config(model.config)
         fam.check_supported(model)
         return LoadedModel(model=model, family=fam, source=spec, preset=preset)
@@ -66,7 +84,7 @@ def load_model(spec: str, *, trust_remote_code: bool = False, dtype: str = "fp32
             f"MODEL {spec!r} is neither a preset ({', '.join(_preset_names())}) nor a local directory; "
             "download hub checkpoints with `hf download` first"
         )
-    return _load_directory(path, trust_remote_code, dtype)
+    return _load_directory(path, trust_remote_code, dtype, placement or {})
 
 
 def _preset_names() -> list[str]:
@@ -102,7 +120,7 @@ def _auto_config(path: Path, trust_remote_code: bool) -> Any:
         raise ModelError(f"cannot read {path}/config.json: {type(e).__name__}: {str(e)[:300]}") from None
 
 
-def _load_directory(path: Path, trust_remote_code: bool, dtype: str) -> LoadedModel:
+def _load_directory(path: Path, trust_remote_code: bool, dtype: str, placement: dict[str, Any]) -> LoadedModel:
     import torch
     import transformers
 
@@ -114,9 +132,10 @@ def _load_directory(path: Path, trust_remote_code: bool, dtype: str) -> LoadedMo
         raise ModelError(f"{path} has no .safetensors weights; rlens does not load pickled weights")
     archs = [a for a in (config.architectures or []) if a in fam.architectures and hasattr(transformers, a)]
     cls = getattr(transformers, archs[0] if archs else fam.model_class)
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, DTYPES[dtype])
     try:
-        model = cls.from_pretrained(str(path), config=config, dtype=getattr(torch, DTYPES[dtype]),
-                                    use_safetensors=True, trust_remote_code=trust_remote_code)
+        model = cls.from_pretrained(str(path), config=config, dtype=torch_dtype, use_safetensors=True,
+                                    trust_remote_code=trust_remote_code, **placement)
     except Exception as e:  # safetensors' SafetensorError, size mismatches, ... : the files, not rlens
         if isinstance(e, ModelError):
             raise
@@ -144,9 +163,25 @@ def fingerprint(model: Any, family: type[Family]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(family.sizes(model.config), sort_keys=True).encode())
     for layer in family.decoder_layers(model):
-        for name, p in sorted(layer.named_parameters()):
-            flat = p.detach().reshape(-1)
+        samples = {}
+        for prefix, module in layer.named_modules():
+            with _weights_present(model, module):
+                for name, p in module.named_parameters(recurse=False):
+                    flat = p.detach().reshape(-1)
+                    samples[f"{prefix}.{name}" if prefix else name] = (flat[:256].float().cpu().numpy().tobytes(),
+                                                                      flat[-256:].float().cpu().numpy().tobytes())
+        for name, (head, tail) in sorted(samples.items()):
             h.update(name.encode())
-            h.update(flat[:256].float().cpu().numpy().tobytes())
-            h.update(flat[-256:].float().cpu().numpy().tobytes())
+            h.update(head)
+            h.update(tail)
     return "sha256:" + h.hexdigest()
+
+
+def _weights_present(model: Any, module: Any) -> Any:
+    """A module's own weights readable in the block, also when accelerate offloaded them (a model
+    loaded with a device map: their tensors are on the meta device outside the module's forward)."""
+    if getattr(model, "hf_device_map", None) is None:
+        return contextlib.nullcontext()
+    from accelerate.utils import align_module_device
+
+    return align_module_device(module)

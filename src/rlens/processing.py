@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 
 from rlens.errors import InputError, ModelError
+from rlens.families.base import Family, expand_image_marker
 
 DEFAULT_MAX_IMAGE_PIXELS = 1 << 25  # the runtime takes a bundle's own budget (manifest visual_tokens)
 MAX_PROMPT_CHARS = 1 << 20
-_IMPORT_LOCK = threading.Lock()
-from rlens.families.base import Family, expand_image_marker
 
 
 @dataclass
@@ -51,6 +50,7 @@ class Processor:
         except Exception as e:  # tokenizers raises plain Exception for a malformed file
             raise ModelError(f"{tok_file} is not a tokenizers file: {str(e)[:200]}") from None
         self.chat_template = _read_chat_template(self.folder)
+        self._template: Any = None
         self._image_processor: Any = None
         self._lock = threading.RLock()  # the tokenizer's encode_special_tokens flag and lazy loading
         tcfg = _read_json(self.folder / "tokenizer_config.json")
@@ -60,8 +60,11 @@ class Processor:
 
     @property
     def image_processor(self) -> Any:
+        """rlens' numpy + PIL image processor for the folder's config (never transformers, never code)."""
         with self._lock:
             if self._image_processor is None:
+                from rlens.imageproc import load_image_processor
+
                 self._image_processor = load_image_processor(self.folder)
             return self._image_processor
 
@@ -75,14 +78,22 @@ class Processor:
                              if size else f"the image processor cannot take this image: {e}") from None
         return {k: np.asarray(v) for k, v in out.items()}
 
-    def render(self, prompt: str) -> str:
-        from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    @property
+    def template(self) -> Any:
+        """The chat template compiled once (a sandboxed jinja2 template: no code from the file runs)."""
+        if self._template is None:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            self._template = env.from_string(self.chat_template)
+        return self._template
+
+    def render(self, prompt: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        from jinja2 import TemplateError
+
         try:
-            return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True)
+            return self.template.render(messages=messages, add_generation_prompt=True)
         except (TemplateError, TypeError, ValueError, RecursionError) as e:
             raise ModelError(f"the chat template in {self.folder} fails: {type(e).__name__}: {str(e)[:200]}") from None
 
@@ -163,36 +174,6 @@ def check_sequence_length(tokens: int, limit: int | None, what: str) -> None:
     """The one sequence-length rule of run, bench and calibrate: ``tokens`` <= the model's limit."""
     if limit is not None and tokens > limit:
         raise InputError(f"{what} is {tokens} tokens, over the model's limit of {limit} (max_position_embeddings)")
-
-
-def load_image_processor(folder: Path) -> Any:
-    """The image processor of ``preprocessor_config.json``: a transformers class by name, built from
-    the JSON alone (``from_dict``). Never ``auto_map``, never code from the folder."""
-    import transformers
-    from transformers.image_processing_utils import BaseImageProcessor
-
-    path = Path(folder) / "preprocessor_config.json"
-    cfg = _read_json(path)
-    name = cfg.get("image_processor_type")
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ModelError(f"{path} names no image processor (image_processor_type); rlens needs one of "
-                         "transformers' image processors")
-    base = name.removesuffix("Fast").removesuffix("Pil")
-    cls = None
-    with _IMPORT_LOCK:  # transformers' lazy module is not safe to resolve from two threads at once
-        for candidate in (base + "Pil", base):
-            obj = getattr(transformers, candidate, None) if hasattr(transformers, candidate) else None
-            if isinstance(obj, type) and issubclass(obj, BaseImageProcessor):
-                cls = obj
-                break
-    if cls is None:
-        raise ModelError(f"preprocessor_config.json names the image processor {name!r}, which is not one of "
-                         "transformers' image processors; rlens runs no code from model or bundle files")
-    cfg = {k: v for k, v in cfg.items() if k not in ("auto_map", "image_processor_type", "processor_class")}
-    try:
-        return cls.from_dict(cfg)
-    except (TypeError, ValueError, KeyError) as e:
-        raise ModelError(f"{path}: {name} cannot be built from it: {str(e)[:200]}") from None
 
 
 def load_image(image: Any, max_pixels: int | None = None) -> Any:

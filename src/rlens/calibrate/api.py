@@ -242,10 +242,10 @@ def _reduced_count(plan: Plan) -> int:
 def dispatch_for_calibration(loaded: Any, max_memory: dict[Any, Any] | None = None,
                              device_map: dict[str, Any] | None = None) -> Any:
     """Spread a model that does not fit one accelerator over GPU(s) and CPU with accelerate,
-    whole decoder layers per device. Layers placed on the CPU also *run* there (their weights are
-    not streamed to the GPU: the reference probe FFN reads ``down_proj.weight`` outside the module's
-    forward, which weight-streaming hooks do not materialise). Calibration never copies the model:
-    the full and the reduced runs share these weights. Without CUDA and ``device_map``: no-op."""
+    whole decoder layers per device. Layers placed on the CPU also *run* there. Calibration never
+    copies the model: the full and the reduced runs share these weights. Without CUDA and
+    ``device_map``: no-op. For disk offload (a model bigger than RAM), load the model with a
+    placement instead (``load_model(..., placement=...)``, ``rlens calibrate --max-memory``)."""
     import torch
 
     if device_map is None and not torch.cuda.is_available():

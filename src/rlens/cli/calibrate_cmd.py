@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from rlens.cli import add_model_argument
@@ -109,7 +110,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ffn-mode", choices=("static", "dynamic"), default="static",
                    help="static: FFN units fixed at calibration (default); dynamic: picked per input by probes")
     add_calibration_flags(p)
+    add_placement_flags(p)
     p.set_defaults(func=run)
+
+
+def add_placement_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models bigger than memory (accelerate; docs/calibration.md)")
+    g.add_argument("--device-map", metavar="auto|balanced|sequential|FILE.json", default=None,
+                   help="place the model with accelerate: a strategy, or a JSON object {module: device} with "
+                        "devices such as 0, \"cpu\", \"disk\"; layers placed on disk are read from the "
+                        "checkpoint one module at a time during calibration (default: all on the CPU)")
+    g.add_argument("--max-memory", type=_max_memory, default=None, metavar="DEV=SIZE[,DEV=SIZE]",
+                   help="memory per device for --device-map strategies, e.g. cpu=8GiB or 0=20GiB,cpu=64GiB "
+                        "(implies --device-map auto); what does not fit goes to disk")
+    g.add_argument("--offload-folder", metavar="DIR", default=None,
+                   help="where offloaded weights that cannot be read in place from the checkpoint are written "
+                        "(default: a temporary folder, removed afterwards)")
+
+
+def _max_memory(value: str) -> dict:
+    out: dict = {}
+    for part in value.split(","):
+        dev, sep, size = part.partition("=")
+        if not sep or not dev.strip() or not size.strip():
+            raise argparse.ArgumentTypeError(f"expected DEV=SIZE[,DEV=SIZE] (e.g. cpu=8GiB), got {value!r}")
+        dev = dev.strip()
+        out[int(dev) if dev.isdigit() else dev] = size.strip()
+    return out
+
+
+def placement(args: argparse.Namespace, offload_dir: str) -> dict | None:
+    """``from_pretrained`` placement kwargs from the flags (None: the default, all on the CPU)."""
+    import json
+
+    from rlens.errors import InputError
+
+    device_map = args.device_map or ("auto" if args.max_memory else None)
+    if device_map is None:
+        return None
+    if device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        try:
+            device_map = json.loads(Path(device_map).read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"--device-map {args.device_map}: not a strategy nor a readable JSON file ({e})") from None
+        if not isinstance(device_map, dict):
+            raise InputError(f"--device-map {args.device_map}: expected a JSON object {{module: device}}")
+    out = {"device_map": device_map, "offload_folder": args.offload_folder or offload_dir}
+    if args.max_memory:
+        out["max_memory"] = args.max_memory
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,8 +172,11 @@ def run(args: argparse.Namespace) -> int:
     png_path = report_path_for(Path(args.out))
     check_output(args.out, "plan", args.overwrite, inputs)  # fail before the long part, check again at the end
     check_output(png_path, "report", args.overwrite, inputs)
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
-    plan, report = calibrate(loaded, config, args.data)
+    with tempfile.TemporaryDirectory(prefix="rlens-offload-") as offload:
+        loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype,
+                            placement=placement(args, offload))
+        plan, report = calibrate(loaded, config, args.data)
+        del loaded
     write_text_output(args.out, plan.dumps(), "plan", args.overwrite, inputs)
     png = write_report(report, png_path, args.overwrite)
     print(f"rlens: wrote {args.out} ({plan.summary()}) and {png}", file=sys.stderr)

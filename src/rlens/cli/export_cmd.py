@@ -17,6 +17,16 @@ def add_export_flags(p: argparse.ArgumentParser) -> None:
                    help="graph precision; fp16 keeps norms, softmax and residual sums in fp32 (default fp32)")
     p.add_argument("--ffn-mode", choices=("static", "dynamic"), default=None,
                    help="override the plan's FFN mode (static needs the plan's calibrated ffn_indices)")
+    p.add_argument("--ops", choices=("standard", "ort"), default=None,
+                   help="ort: ONNX Runtime contrib ops (GroupQueryAttention with the KV cache, RotaryEmbedding, "
+                        "SkipSimplifiedLayerNormalization, packed q/k/v) in unreduced layers and the text rows of "
+                        "reduced ones; standard: ONNX ops only, as TensorRT parses them (default: ort, standard "
+                        "with --attention plugin or --engine)")
+    p.add_argument("--weights", choices=("float", "int8", "int4"), default="float",
+                   help="weight-only quantization after the FFN split, block-wise along K: MatMulNBits with --ops "
+                        "ort, DequantizeLinear (needs --opset 21) with --ops standard (default float = --dtype)")
+    p.add_argument("--weights-block", type=int, default=32, metavar="N",
+                   help="rows of K per quantization scale: 16, 32, 64, 128 or 256 (default 32)")
     p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset, 18..21 (default 18)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the ONNX Runtime vs PyTorch check at export (on by default; fails the export "
@@ -30,7 +40,8 @@ def export_config(args: argparse.Namespace):
     from rlens.export import ExportConfig
 
     return ExportConfig(attention=args.attention, dtype=args.dtype, ffn_mode=args.ffn_mode, opset=args.opset,
-                        verify=not args.no_verify, tolerance=args.tolerance, overwrite=args.overwrite)
+                        verify=not args.no_verify, tolerance=args.tolerance, overwrite=args.overwrite,
+                        ops=args.ops, weights=args.weights, weights_block=args.weights_block)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = export_config(args)
     check_output(args.out, "bundle", config.overwrite, inputs_of(args))  # before the long part; again at the end
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype)
     info = loaded.info()
     plan = load_plan(args.plan, info) if args.plan else empty_plan(info)
     return write_bundle(loaded, plan, args.out, config)
@@ -75,7 +86,7 @@ def write_bundle(loaded, plan, out, config) -> int:
     from rlens.export import bundle_from_plan
 
     t0 = time.perf_counter()
-    path = bundle_from_plan(loaded, plan, out, config)
+    path = bundle_from_plan(loaded, plan, out, config, consume=True)  # the CLI needs the model no more
     manifest = json.loads((path / "manifest.json").read_text())
     diffs = manifest.get("verification") or {}
     print(f"rlens: wrote {path} ({plan.summary()}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)

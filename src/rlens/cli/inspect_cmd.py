@@ -8,7 +8,6 @@ import sys
 
 from rlens.cli import add_model_argument
 from rlens.cli.calibrate_cmd import _fastv
-from rlens.flops import Sizes, TokenLayout, layer_layout, plan_flops
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rlens.errors import InputError
+    from rlens.flops import Sizes, TokenLayout, plan_flops
     from rlens.models import load_config, load_model
 
     if args.visual_tokens < 0 or args.text_tokens < 0 or not 0 <= args.text_before <= args.text_tokens:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         from rlens.plan import load_plan
 
-        loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+        loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype)
         config, family = loaded.config, loaded.family
         plan = load_plan(args.plan, loaded.info())
     else:
@@ -90,6 +90,8 @@ def _with_pruning(plan, args, family, config, sizes):
 
 
 def format_table(family, sizes, plan, layout, report) -> str:
+    from rlens.flops import layer_layout
+
     lines = [
         f"family        {family.name} ({family.model_class}), rope={family.rope_kind}",
         "decoder       " + ", ".join(f"{k}={v}" for k, v in sizes.items()),

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from rlens.cli import bench_cmd, calibrate_cmd, engine_cmd, export_cmd, inspect_cmd, run_cmd
+    from rlens.cli import bench_cmd, calibrate_cmd, doctor_cmd, engine_cmd, export_cmd, inspect_cmd, run_cmd
 
     inspect_cmd.add_parser(sub)
     calibrate_cmd.add_parser(sub)
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
     bench_cmd.add_parser(sub)
+    doctor_cmd.add_parser(sub)
     return parser
 
 

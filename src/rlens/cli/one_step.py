@@ -39,11 +39,15 @@ def run(args: argparse.Namespace) -> int:
 
     export = export_config(args)  # flag errors before any work
     check_output(args.bundle, "bundle", export.overwrite, inputs_of(args))
+    if args.engine and export.ops is None:  # a TensorRT bundle keeps the standard ops
+        from dataclasses import replace
+
+        export = replace(export, ops="standard")
     if args.engine:
         from rlens.engine.build import import_tensorrt
 
         import_tensorrt()  # fail now, not after a long export
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype)
     info = loaded.info()
     if args.plan:
         plan = load_plan(args.plan, info)

@@ -47,11 +47,12 @@ def decoder_profiles(manifest: dict[str, Any], max_seq: int, max_visual: int) ->
     opt_prefill = min(max_seq, max_visual + 64)
     prefill = {"batch": (1, 1, 1), "sequence": (1, opt_prefill, max_seq), "past_sequence": (0, 0, 0),
                "total_sequence": (1, opt_prefill, max_seq)}
-    decode = {"batch": (1, 1, 1), "sequence": (1, 1, 1), "past_sequence": (1, opt_prefill, max_seq - 1),
-              "total_sequence": (2, opt_prefill + 1, max_seq)}
+    opt_past = min(opt_prefill, max_seq - 1)  # min <= opt <= max in every profile
+    decode = {"batch": (1, 1, 1), "sequence": (1, 1, 1), "past_sequence": (1, opt_past, max_seq - 1),
+              "total_sequence": (2, opt_past + 1, max_seq)}
     # Layers after FastV/VTW pruning keep a shorter KV cache (docs/token_pruning.md): same bounds.
     prefill.update(past_sequence_pruned=(0, 0, 0), total_sequence_pruned=prefill["total_sequence"])
-    decode.update(past_sequence_pruned=(1, opt_prefill, max_seq - 1), total_sequence_pruned=decode["total_sequence"])
+    decode.update(past_sequence_pruned=decode["past_sequence"], total_sequence_pruned=decode["total_sequence"])
     span_values = {"prefill": ((0, 0), (min(16, max_seq - max_visual), max_visual), (max_seq, max_seq)),
                    "decode": ((0, 0), (0, 0), (0, 0))}
     return [ProfileShapes(name, {io["name"]: _dims(io, vals) for io in inputs}, {"visual_span": span_values[name]})

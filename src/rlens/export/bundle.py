@@ -11,10 +11,13 @@ from pathlib import Path
 
 import onnx
 
-from rlens.errors import InputError
+from rlens.errors import BundleError, InputError
 from rlens.plan import Plan
 
 EXTERNAL_DATA_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB, with headroom for the graph itself
+# Weights over this stay in <name>.data by default: a graph streamed to external data is read back
+# inline only when small (reading back and serializing holds it ~3 times over).
+INLINE_LIMIT = 2**28
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 
 
@@ -30,18 +33,35 @@ class ExportConfig:
     tolerance: float | None = None  # max abs diff allowed at verification (default per dtype)
     overwrite: bool = False
     vision: bool = True
-    external_data: bool | None = None  # None: only when a graph would pass 2 GiB
+    external_data: bool | None = None  # None: when a graph's weights pass INLINE_LIMIT (256 MiB)
+    ops: str | None = None  # "standard" | "ort" (ONNX Runtime contrib ops); None: ort unless plugin
+    weights: str = "float"  # "float" (the dtype) | "int8" | "int4": weight-only, block-wise
+    weights_block: int = 32  # rows of K per quantization scale
 
     def __post_init__(self) -> None:
         checks = [(self.attention in ("portable", "plugin"), f"--attention must be portable or plugin, got {self.attention!r}"),
                   (self.dtype in ("fp32", "fp16"), f"--dtype must be fp32 or fp16, got {self.dtype!r}"),
                   (self.ffn_mode in (None, "static", "dynamic"), f"--ffn-mode must be static or dynamic, got {self.ffn_mode!r}"),
                   (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}"),
+                  (self.ops in (None, "standard", "ort"), f"--ops must be standard or ort, got {self.ops!r}"),
+                  (not (self.ops == "ort" and self.attention == "plugin"),
+                   "--attention plugin targets TensorRT, which parses standard ops only: use --ops standard"),
+                  (self.weights in ("float", "int8", "int4"), f"--weights must be float, int8 or int4, got {self.weights!r}"),
+                  (self.weights_block in (16, 32, 64, 128, 256), f"--weights-block must be 16, 32, 64, 128 or 256, got {self.weights_block}"),
+                  (self.weights == "float" or self.resolved_ops == "ort" or self.opset >= 21,
+                   f"--weights {self.weights} with --ops standard writes DequantizeLinear with int4/blocks: needs --opset 21"),
                   (self.tolerance is None or 0 <= self.tolerance < float("inf"),
                    f"--tolerance must be a finite number >= 0, got {self.tolerance}")]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+
+    @property
+    def resolved_ops(self) -> str:
+        """The op set written: ``ort`` for ONNX Runtime bundles, ``standard`` for the plugin mode."""
+        if self.ops is not None:
+            return self.ops
+        return "standard" if self.attention == "plugin" else "ort"
 
     @property
     def max_abs_diff(self) -> float:
@@ -62,14 +82,49 @@ def effective_plan(plan: Plan, config: ExportConfig) -> Plan:
     return replace(plan, ffn_mode="dynamic", layers=layers)
 
 
-def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None) -> list[str]:
-    """Write ``model``; weights go to ``<name>.data`` when asked or when over 2 GiB."""
+def save_onnx(model: onnx.ModelProto, path: Path, external: bool | None,
+              limit: int = INLINE_LIMIT) -> list[str]:
+    """Write ``model`` to ``path``; returns the file names written.
+
+    Weights go to ``<name>.data`` when ``external`` is true, or when ``external`` is None and the
+    tensors' sizes add up to more than ``limit`` (decided from the tensor sizes: the model is never
+    serialized to measure it; inline is refused over protobuf's 2 GiB). Tensors already streamed to
+    ``<name>.data`` by a :class:`~rlens.export.graph.WeightFile` stay there, or are read back when
+    inline is chosen.
+    """
+    from rlens.export.graph import all_tensors, tensor_bytes
+
+    location = path.name + ".data"
+    data = path.with_name(location)
+    streamed = _external_locations(model)
+    if streamed - {location}:
+        raise BundleError(f"{path.name}: external tensors point at {sorted(streamed)}, expected {location}")
+    size = tensor_bytes(model)
     if external is None:
-        external = model.ByteSize() > EXTERNAL_DATA_LIMIT
-    if external:
-        location = path.name + ".data"
+        external = size > limit
+    if not external and size > EXTERNAL_DATA_LIMIT:
+        raise BundleError(f"{path.name} has {size / 2**30:.2f} GiB of weights, over protobuf's 2 GiB limit for a "
+                          "single file; export with external data (the default)")
+    if not streamed and data.is_file() and data.stat().st_size == 0:
+        data.unlink()  # the empty file of a WeightFile nothing was streamed to
+    if external and not streamed:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=location, size_threshold=1024, convert_attribute=False)
+    elif not external and streamed:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(path.parent))
+        data.unlink()
+        for t in all_tensors(model):  # as if built inline: same bytes
+            t.ClearField("data_location")
+    if external and not streamed:
         return [path.name, location]
     path.write_bytes(model.SerializeToString(deterministic=True))
-    return [path.name]
+    return [path.name, location] if external else [path.name]
+
+
+def _external_locations(model: onnx.ModelProto) -> set[str]:
+    from rlens.export.graph import all_tensors
+
+    return {e.value for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data if e.key == "location"}

@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from rlens import hf_compat
 from rlens.export import attention as att
 from rlens.export import ffn as ffn_mod
+from rlens.export import fused
 from rlens.export import tokens as tok
-from rlens.export.graph import GraphBuilder
+from rlens.export.graph import GraphBuilder, WeightFile
 from rlens.plan import LayerPlan, Plan
 from rlens.plugins.spec import HOLLOW_ATTENTION
 
@@ -44,7 +44,7 @@ def _np(t: Any) -> np.ndarray:
 def geometry(loaded: Any) -> DecoderGeometry:
     fam, model = loaded.family, loaded.model
     s = fam.sizes(model.config)
-    section = hf_compat.mrope_section(fam.language_model(model)) if fam.rope_kind == "mrope" else None
+    section = fam.rope(model).mrope_section
     return DecoderGeometry(s["num_layers"], s["hidden_size"], s["num_heads"], s["num_kv_heads"],
                            s["head_dim"], s["vocab_size"], section)
 
@@ -82,10 +82,11 @@ def rms_norm(b: GraphBuilder, x32: str, weight: np.ndarray, eps: float, name: st
     return b.op("Mul", [b.weight(name, weight.astype(b.np_float)), normed], label="weight")
 
 
-def _rope_tables(b: GraphBuilder, loaded: Any, geo: DecoderGeometry) -> tuple[str, str]:
-    """cos, sin [B, 1, S, D] from ``position_ids`` (M-RoPE: per-frequency position row)."""
-    lm = loaded.family.language_model(loaded.model)
-    inv_freq = _np(hf_compat.rotary_inv_freq(lm)).astype(np.float32)
+def _rope_tables(b: GraphBuilder, loaded: Any, geo: DecoderGeometry) -> tuple[str, str, str, str]:
+    """cos, sin [B, 1, S, D] and their halves [B, S, D/2] from ``position_ids`` (M-RoPE: per-frequency
+    position row)."""
+    rope = loaded.family.rope(loaded.model)
+    inv_freq = rope.inv_freq
     with b.scope("rotary"):
         pos = b.op("Unsqueeze", [b.op("Cast", ["position_ids"], to=TensorProto.FLOAT), b.const([-1])])
         freqs = b.op("Mul", [pos, b.const(inv_freq, np.float32)], label="freqs")
@@ -94,15 +95,15 @@ def _rope_tables(b: GraphBuilder, loaded: Any, geo: DecoderGeometry) -> tuple[st
             onehot = (np.arange(3)[:, None] == rows[None, :]).astype(np.float32)[:, None, None, :]
             freqs = b.op("ReduceSum", [b.op("Mul", [freqs, b.const(onehot, np.float32)], label="sections"),
                                        b.const([0])], keepdims=0)
-        emb = b.op("Concat", [freqs, freqs], axis=-1)
-        scale = hf_compat.rotary_attention_scaling(lm)
-        cos, sin = b.op("Cos", [emb]), b.op("Sin", [emb])
+        scale = rope.attention_scaling
+        cos, sin = b.op("Cos", [freqs]), b.op("Sin", [freqs])
         if scale != 1.0:
             cos = b.op("Mul", [cos, b.const(scale, np.float32)])
             sin = b.op("Mul", [sin, b.const(scale, np.float32)])
-        cos = b.cast(b.op("Unsqueeze", [cos, b.const([1])]), "model")
-        sin = b.cast(b.op("Unsqueeze", [sin, b.const([1])]), "model")
-    return cos, sin
+        cos_half, sin_half = b.cast(cos, "model"), b.cast(sin, "model")
+        cos = b.op("Unsqueeze", [b.op("Concat", [cos_half, cos_half], axis=-1), b.const([1])])
+        sin = b.op("Unsqueeze", [b.op("Concat", [sin_half, sin_half], axis=-1), b.const([1])])
+    return cos, sin, cos_half, sin_half
 
 
 def _rotate(b: GraphBuilder, x: str, cos: str, sin: str, half: int) -> str:
@@ -121,6 +122,7 @@ class _Shared:
     span: tuple[str, str]  # [1]-shaped start, end of the visual span in the chunk
     rows: ffn_mod.RowMaps | None = None  # text/visual row maps of the chunk (reduced FFN)
     span_input: str = "visual_span"  # int64 [2] (start, length) as the layer sees it
+    fused: fused.FusedShared | None = None  # --ops ort: contrib-op inputs (None: standard ops)
 
 
 def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim: int, scale: float = 1.0) -> str:
@@ -128,32 +130,84 @@ def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim:
     w, bias = _np(lin.weight), None if lin.bias is None else _np(lin.bias)
     if scale != 1.0:
         w, bias = w * np.float32(scale), None if bias is None else bias * np.float32(scale)
-    y = b.op("MatMul", [x, b.weight(f"{name}.weight_t", w.T.astype(b.np_float))], label="MatMul")
+    y = b.op("MatMul", [x, b.weight(f"{name}.weight_t", w.T, b.np_float)], label="MatMul")
     if bias is not None:
         y = b.op("Add", [y, b.weight(f"{name}.bias", bias.astype(b.np_float))], label="bias")
     y = b.op("Reshape", [y, b.const([0, 0, heads, head_dim])])
     return b.op("Transpose", [y], perm=[0, 2, 1, 3])
 
 
+def _uses_fused(ctx: _Ctx, i: int) -> bool:
+    """Packed q/k/v + RotaryEmbedding for this layer (``--ops ort``; FastV's score layer and the
+    pruned layers after it keep the standard ops)."""
+    tp = ctx.plan.token_pruning
+    return ctx.shared.fused is not None and (tp is None or i < tp.score_layer)
+
+
+def _qkv(b: GraphBuilder, ctx: _Ctx, i: int, x: str, scale: float) -> tuple[str, str, str]:
+    """q, k, v as [B, heads, S, D] with RoPE applied; ``scale`` folded into q."""
+    geo = ctx.geo
+    qp, kp, vp, _ = ctx.family.attention_projections(ctx.family.attention(ctx.layers[i]))
+    pre = f"layers.{i}.attn"
+    with b.scope("q_proj"):
+        q = _project(b, x, qp, f"{pre}.q_proj", geo.heads, geo.head_dim, scale)
+    with b.scope("k_proj"):
+        k = _project(b, x, kp, f"{pre}.k_proj", geo.kv_heads, geo.head_dim)
+    with b.scope("v_proj"):
+        v = _project(b, x, vp, f"{pre}.v_proj", geo.kv_heads, geo.head_dim)
+    with b.scope("rotary"):
+        q = _rotate(b, q, ctx.shared.cos, ctx.shared.sin, geo.head_dim // 2)
+        k = _rotate(b, k, ctx.shared.cos, ctx.shared.sin, geo.head_dim // 2)
+    return q, k, v
+
+
+def _qkv_packed(b: GraphBuilder, ctx: _Ctx, i: int, x: str, scale: float) -> tuple[str, str, str]:
+    """q, k, v as [B, S, heads*D] from one MatMul, RoPE applied by the contrib op."""
+    geo = ctx.geo
+    lins = ctx.family.attention_projections(ctx.family.attention(ctx.layers[i]))[:3]
+    ws = [_np(m.weight) for m in lins]
+    bs = [None if m.bias is None else _np(m.bias) for m in lins]
+    ws[0], bs[0] = ws[0] * np.float32(scale), None if bs[0] is None else bs[0] * np.float32(scale)
+    w, bias = fused.packed_qkv_weight(*ws, *bs)
+    pre = f"layers.{i}.attn.qkv_proj"
+    w = b.weight(f"{pre}.weight_t", w.astype(b.np_float))
+    bias = None if bias is None else b.weight(f"{pre}.bias", bias.astype(b.np_float))
+    sizes = (geo.heads * geo.head_dim, geo.kv_heads * geo.head_dim, geo.kv_heads * geo.head_dim)
+    return fused.project_rotate(b, x, w, bias, sizes, (geo.heads, geo.kv_heads), ctx.shared.fused)
+
+
 def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None) -> str:
     geo, attn = ctx.geo, ctx.family.attention(ctx.layers[i])
     pre = f"layers.{i}.attn"
-    scale = hf_compat.attention_scaling(attn)
+    scale = ctx.family.attention_scale(attn)
+    o_proj = ctx.family.attention_projections(attn)[3]
     hollow = lp is not None and lp.hollow_window is not None
     # The attention scale is folded into q_proj (RoPE is linear), except for the plugin node,
     # which takes unscaled q and its ``scale`` attribute.
     folded = not (hollow and ctx.attention_mode == "plugin")
-    with b.scope("q_proj"):
-        q = _project(b, x, attn.q_proj, f"{pre}.q_proj", geo.heads, geo.head_dim, scale if folded else 1.0)
-    with b.scope("k_proj"):
-        k = _project(b, x, attn.k_proj, f"{pre}.k_proj", geo.kv_heads, geo.head_dim)
-    with b.scope("v_proj"):
-        v = _project(b, x, attn.v_proj, f"{pre}.v_proj", geo.kv_heads, geo.head_dim)
-    with b.scope("rotary"):
-        q = _rotate(b, q, ctx.shared.cos, ctx.shared.sin, geo.head_dim // 2)
-        k = _rotate(b, k, ctx.shared.cos, ctx.shared.sin, geo.head_dim // 2)
-    k_all = b.op("Concat", [f"past_key_values.{i}.key", k], axis=2, label="concat_past_key")
-    v_all = b.op("Concat", [f"past_key_values.{i}.value", v], axis=2, label="concat_past_value")
+    past = (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
+    if _uses_fused(ctx, i) and not hollow:
+        q, k, v = _qkv_packed(b, ctx, i, x, scale)
+        out, k_all, v_all = fused.group_query_attention(b, q, k, v, past, (geo.heads, geo.kv_heads),
+                                                        ctx.shared.fused)
+        b.output(k_all, f"present.{i}.key")
+        b.output(v_all, f"present.{i}.value")
+        return _o_proj(b, o_proj, pre, out)
+    if _uses_fused(ctx, i):
+        qkv = _qkv_packed(b, ctx, i, x, scale)
+        k_all = b.op("Concat", [past[0], fused.to_heads(b, qkv[1], geo.kv_heads, geo.head_dim)], axis=2)
+        v_all = b.op("Concat", [past[1], fused.to_heads(b, qkv[2], geo.kv_heads, geo.head_dim)], axis=2)
+        b.output(k_all, f"present.{i}.key")
+        b.output(v_all, f"present.{i}.value")
+        with b.scope("HollowAttention"):
+            out = fused.hollow_attention(b, qkv, past, (k_all, v_all), ctx.shared.span_input, lp.hollow_window,
+                                         ctx.shared.key_mask, (geo.heads, geo.kv_heads), geo.head_dim,
+                                         ctx.shared.fused)
+        return _o_proj(b, o_proj, pre, out)
+    else:
+        q, k, v = _qkv(b, ctx, i, x, scale if folded else 1.0)
+    k_all = b.op("Concat", [past[0], k], axis=2, label="concat_past_key")
+    v_all = b.op("Concat", [past[1], v], axis=2, label="concat_past_value")
     b.output(k_all, f"present.{i}.key")
     b.output(v_all, f"present.{i}.value")
     tp = ctx.plan.token_pruning
@@ -168,9 +222,12 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
         out5 = att.dense_attention(b, q5, k5, v5, ctx.shared.causal, None)
         out = att.ungroup(b, out5)
     out = b.op("Reshape", [b.op("Transpose", [out], perm=[0, 2, 1, 3]), b.const([0, 0, -1])])
+    return _o_proj(b, o_proj, pre, out)
+
+
+def _o_proj(b: GraphBuilder, wo: Any, pre: str, out: str) -> str:
     with b.scope("o_proj"):
-        wo = attn.o_proj
-        y = b.op("MatMul", [out, b.weight(f"{pre}.o_proj.weight_t", _np(wo.weight).T.astype(b.np_float))])
+        y = b.op("MatMul", [out, b.weight(f"{pre}.o_proj.weight_t", _np(wo.weight).T, b.np_float)])
         if wo.bias is not None:
             y = b.op("Add", [y, b.weight(f"{pre}.o_proj.bias", _np(wo.bias).astype(b.np_float))])
     return y
@@ -195,6 +252,7 @@ class _Ctx:
     plan: Plan
     geo: DecoderGeometry
     attention_mode: str
+    ops: str = "standard"
     shared: _Shared | None = None
     scores: str | None = None  # FastV: [B, P+S] last-query attention of the score layer
 
@@ -234,22 +292,33 @@ def _row_maps(b: GraphBuilder, ctx: _Ctx, start: str, end: str, seq: str) -> ffn
     return ffn_mod.row_maps(b, start, end, seq)
 
 
-def _layer(b: GraphBuilder, ctx: _Ctx, i: int, x32: str) -> str:
-    layer = ctx.layers[i]
+def _add_norm(b: GraphBuilder, ctx: _Ctx, x32: str, delta: str | None, norm: Any, name: str) -> tuple[str, str]:
+    """(RMSNorm(x32 + delta), x32 + delta); ``delta`` None: nothing to add."""
+    weight = _np(norm.weight)
+    if ctx.ops == "ort" and b.dtype == "fp32":
+        gamma = b.weight(name, weight)
+        if delta is None:
+            return fused.simplified_norm(b, x32, gamma, _eps(norm)), x32
+        return fused.skip_norm(b, delta, x32, gamma, _eps(norm))
+    if delta is not None:
+        x32 = b.op("Add", [x32, b.cast(delta, "fp32")], label="residual")
+    return rms_norm(b, x32, weight, _eps(norm), name), x32
+
+
+def _layer(b: GraphBuilder, ctx: _Ctx, i: int, x32: str, delta: str | None) -> tuple[str, str]:
+    """(residual stream before the FFN output is added, FFN output): the next norm adds them."""
+    norm1, norm2 = ctx.family.layer_norms(ctx.layers[i])
     lp = ctx.plan.layer(i)
     with b.scope(f"layers.{i}"):
         with b.scope("input_norm"):
-            h = rms_norm(b, x32, _np(layer.input_layernorm.weight), _eps(layer.input_layernorm),
-                         f"layers.{i}.input_layernorm.weight")
+            h, x32 = _add_norm(b, ctx, x32, delta, norm1, f"layers.{i}.input_layernorm.weight")
         with b.scope("attn"):
             a = _attention(b, ctx, i, h, lp)
-        x32 = b.op("Add", [x32, b.cast(a, "fp32")], label="residual_attn")
         with b.scope("post_attention_norm"):
-            h = rms_norm(b, x32, _np(layer.post_attention_layernorm.weight),
-                         _eps(layer.post_attention_layernorm), f"layers.{i}.post_attention_layernorm.weight")
+            h, x32 = _add_norm(b, ctx, x32, a, norm2, f"layers.{i}.post_attention_layernorm.weight")
         with b.scope("mlp"):
             f = _ffn(b, ctx, i, h, lp)
-        return b.op("Add", [x32, b.cast(f, "fp32")], label="residual_mlp")
+        return x32, f
 
 
 def _eps(norm: Any) -> float:
@@ -257,7 +326,7 @@ def _eps(norm: Any) -> float:
 
 
 def _shared(b: GraphBuilder, ctx: _Ctx) -> _Shared:
-    cos, sin = _rope_tables(b, ctx.loaded, ctx.geo)
+    cos, sin, cos_half, sin_half = _rope_tables(b, ctx.loaded, ctx.geo)
     with b.scope("mask"):
         key_mask = b.op("Cast", ["attention_mask"], to=TensorProto.BOOL)
         key_mask = b.op("Unsqueeze", [key_mask, b.const([1, 2, 3])], label="key_mask")
@@ -269,7 +338,8 @@ def _shared(b: GraphBuilder, ctx: _Ctx) -> _Shared:
         start = b.slice("visual_span", b.const([0]), b.const([1]), 0)
         end = b.op("Add", [start, b.slice("visual_span", b.const([1]), b.const([2]), 0)], label="end")
         rows = _row_maps(b, ctx, start, end, s)
-    return _Shared(cos, sin, key_mask, causal, (start, end), rows)
+    fu = fused.fused_shared(b, cos_half, sin_half, key_mask) if ctx.ops == "ort" else None
+    return _Shared(cos, sin, key_mask, causal, (start, end), rows, fused=fu)
 
 
 def _prune(b: GraphBuilder, ctx: _Ctx, x32: str) -> str:
@@ -296,24 +366,30 @@ def _prune(b: GraphBuilder, ctx: _Ctx, x32: str) -> str:
 
 
 def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dtype: str = "fp32",
-                  opset: int = 18) -> onnx.ModelProto:
-    """The decoder ModelProto (weights inline; the writer moves them to external data)."""
+                  opset: int = 18, weights: WeightFile | None = None, ops: str = "standard") -> onnx.ModelProto:
+    """The decoder ModelProto: weights inline, or streamed to ``weights`` as they are made (then the
+    proto only points at them and the model's weights are never held a second time).
+    ``ops``: "standard" (ONNX ops only) or "ort" (ONNX Runtime contrib ops, :mod:`.fused`)."""
+    if ops not in ("standard", "ort") or (ops == "ort" and attention_mode == "plugin"):
+        raise ValueError(f"ops={ops!r} with attention={attention_mode!r}: the plugin mode takes standard ops")
+    loaded.family.check_exportable(loaded.model)
     geo = geometry(loaded)
-    b = GraphBuilder("decoder", dtype)
-    ctx = _Ctx(loaded, plan, geo, attention_mode)
+    b = GraphBuilder("decoder", dtype, weights)
+    ctx = _Ctx(loaded, plan, geo, attention_mode, ops)
     ctx.shared = _shared(b, ctx)
-    x32 = b.cast("inputs_embeds", "fp32")
+    x32, delta = b.cast("inputs_embeds", "fp32"), None
     first_pruned = plan.token_pruning.layer if plan.token_pruning is not None else geo.num_layers
     for i in range(geo.num_layers):
         if i == first_pruned:
-            x32 = _prune(b, ctx, x32)
-        x32 = _layer(b, ctx, i, x32)
-    lm = ctx.family.language_model(loaded.model)
+            x32 = b.op("Add", [x32, b.cast(delta, "fp32")], label="residual") if delta is not None else x32
+            x32, delta = _prune(b, ctx, x32), None
+        x32, delta = _layer(b, ctx, i, x32, delta)
     with b.scope("final"):
         last = b.slice(x32, b.const([-1]), b.const([2**62]), 1)
-        h = rms_norm(b, last, _np(lm.norm.weight), _eps(lm.norm), "norm.weight")
-        head = _np(ctx.family.lm_head(loaded.model).weight).T.astype(b.np_float)
-        logits = b.cast(b.op("MatMul", [h, b.weight("lm_head.weight_t", head)], label="lm_head"), "fp32")
+        last_delta = b.slice(delta, b.const([-1]), b.const([2**62]), 1)
+        h, _ = _add_norm(b, ctx, last, last_delta, ctx.family.final_norm(loaded.model), "norm.weight")
+        head = _np(ctx.family.lm_head(loaded.model).weight).T
+        logits = b.cast(b.op("MatMul", [h, b.weight("lm_head.weight_t", head, b.np_float)], label="lm_head"), "fp32")
         b.output(logits, "logits")
     ins, outs = _io(geo, b.onnx_float, first_pruned)
     graph = helper.make_graph(b.nodes, "rlens_decoder", ins, outs, b.initializers)
@@ -322,13 +398,16 @@ def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dty
         from rlens.export.plugin import hollow_function
 
         functions.append(hollow_function(dtype, opset))
-    return finish_model(graph, opset, functions)
+    return finish_model(graph, opset, functions, ops == "ort")
 
 
-def finish_model(graph: onnx.GraphProto, opset: int, functions: list | None = None) -> onnx.ModelProto:
+def finish_model(graph: onnx.GraphProto, opset: int, functions: list | None = None,
+                 contrib: bool = False) -> onnx.ModelProto:
     imports = [helper.make_opsetid("", opset)]
     if functions:
         imports.append(helper.make_opsetid(HOLLOW_ATTENTION.onnx_domain, 1))
+    if contrib:
+        imports.append(helper.make_opsetid(fused.MS, 1))
     model = helper.make_model(graph, opset_imports=imports, functions=functions or [],
                               producer_name="rlens", producer_version="1")
     model.ir_version = 9 if opset <= 20 else 10

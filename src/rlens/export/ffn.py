@@ -40,9 +40,9 @@ def add_ffn_weights(b: GraphBuilder, prefix: str, gate: np.ndarray, up: np.ndarr
     if units is not None:
         gate, up, down = gate[units], up[units], down[:, units]
     cast = b.np_float
-    return FfnWeights(b.weight(f"{prefix}.gate_proj{part}.weight_t", gate.T.astype(cast)),
-                      b.weight(f"{prefix}.up_proj{part}.weight_t", up.T.astype(cast)),
-                      b.weight(f"{prefix}.down_proj{part}.weight_t", down.T.astype(cast)))
+    return FfnWeights(b.weight(f"{prefix}.gate_proj{part}.weight_t", gate.T, cast),
+                      b.weight(f"{prefix}.up_proj{part}.weight_t", up.T, cast),
+                      b.weight(f"{prefix}.down_proj{part}.weight_t", down.T, cast))
 
 
 def _hidden(b: GraphBuilder, x: str, gate_w: str, up_w: str) -> str:

@@ -4,15 +4,21 @@ Every node gets a name from the current scope stack (``/decoder/layers.3/attn/Ma
 outputs are named after the node, and constants are de-duplicated by value, so building the
 same model twice gives byte-identical protobufs. :class:`FunctionBuilder` emits the same ops
 into an ONNX local function body, where constants must be ``Constant`` nodes.
+
+With a :class:`WeightFile`, every initializer of 1 KiB or more is streamed to the external-data
+file as it is created (cast and transposed in chunks), so the ModelProto never holds the weights
+and no whole-tensor copy is made: building a decoder needs the model's weights once, not twice.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import onnx
@@ -22,12 +28,106 @@ FLOAT_TYPES = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16}
 NP_FLOAT = {"fp32": np.float32, "fp16": np.float16}
 
 
+class WeightFile:
+    """One ONNX external-data file written while the graph is built (docs/bundle.md).
+
+    ``add`` appends a tensor's bytes (offsets aligned to ``ALIGN`` so ONNX Runtime can map the
+    file instead of copying it) and returns a TensorProto that points there. Use as a context
+    manager, or call :meth:`close`.
+    """
+
+    THRESHOLD = 1024  # bytes: smaller tensors stay inline in the .onnx file
+    ALIGN = 4096
+    CHUNK = 16 << 20  # bytes converted at a time
+
+    def __init__(self, path: str | Path, location: str | None = None) -> None:
+        if sys.byteorder != "little":
+            raise NotImplementedError("external data is written little-endian; this host is big-endian")
+        self.path = Path(path)
+        self.location = location or self.path.name
+        self._file: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+        self.offset = 0
+
+    def __enter__(self) -> WeightFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def add(self, name: str, array: np.ndarray, dtype: Any) -> onnx.TensorProto:
+        """Write ``array`` cast to ``dtype`` (any strides: written in row chunks)."""
+        assert self._file is not None, "WeightFile is closed"
+        dtype = np.dtype(dtype)
+        pad = -self.offset % self.ALIGN
+        self._file.write(b"\0" * pad)
+        self.offset += pad
+        start = self.offset
+        rows = array.reshape(1) if array.ndim == 0 else array
+        step = max(1, self.CHUNK // max(1, rows[:1].size * dtype.itemsize))
+        for i in range(0, rows.shape[0], step):
+            chunk = np.ascontiguousarray(rows[i:i + step], dtype=dtype)
+            self._file.write(memoryview(chunk).cast("B"))
+            self.offset += chunk.nbytes
+        return external_tensor(name, array.shape, dtype, self.location, start, self.offset - start)
+
+
+def external_tensor(name: str, shape: Sequence[int], dtype: Any, location: str, offset: int,
+                    length: int) -> onnx.TensorProto:
+    """A TensorProto whose data lies in ``location`` (ONNX external data: location/offset/length)."""
+    t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)),
+                         dims=list(shape), data_location=onnx.TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    return t
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data in ``model`` (initializers and tensor attributes, subgraphs and
+    functions included; inline or external), from the tensors' sizes, never serializing."""
+    return sum(_data_bytes(t) for t in all_tensors(model))
+
+
+def _data_bytes(t: onnx.TensorProto) -> int:
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        info = {e.key: e.value for e in t.external_data}
+        return int(info.get("length", 0))
+    if t.raw_data:
+        return len(t.raw_data)
+    itemsize = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type != onnx.TensorProto.STRING else 1
+    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+
+
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    graphs = [model.graph]
+    nodes: list[onnx.NodeProto] = [n for f in model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            g = graphs.pop()
+            yield from g.initializer
+            yield from (s.values for s in g.sparse_initializer)
+            nodes.extend(g.node)
+            continue
+        for a in nodes.pop().attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            graphs.extend([a.g] if a.HasField("g") else [])
+            graphs.extend(a.graphs)
+
+
 class GraphBuilder:
     """Collects nodes and initializers; ``op`` returns the output name(s) of the node it adds."""
 
-    def __init__(self, root: str, dtype: str = "fp32") -> None:
+    def __init__(self, root: str, dtype: str = "fp32", weights: WeightFile | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self.weights = weights
         self.dtype = dtype
         self.onnx_float = FLOAT_TYPES[dtype]
         self.np_float = NP_FLOAT[dtype]
@@ -89,13 +189,19 @@ class GraphBuilder:
         return self.const(value, self.np_float)
 
     def _make_const(self, arr: np.ndarray) -> str:
-        name = self._unique(f"const_{len(self._consts)}")
-        self.initializers.append(numpy_helper.from_array(arr, name))
-        return name
+        return self._initializer(self._unique(f"const_{len(self._consts)}"), arr, arr.dtype)
 
-    def weight(self, name: str, array: np.ndarray) -> str:
-        name = self._unique(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+    def weight(self, name: str, array: np.ndarray, dtype: Any = None) -> str:
+        """An initializer from ``array`` (any strides, e.g. a transposed view) cast to ``dtype``
+        (default: its own); with a :class:`WeightFile` it is streamed there, never held."""
+        return self._initializer(self._unique(name), array, array.dtype if dtype is None else dtype)
+
+    def _initializer(self, name: str, array: np.ndarray, dtype: Any) -> str:
+        dtype = np.dtype(dtype)
+        if self.weights is not None and array.size * dtype.itemsize >= self.weights.THRESHOLD:
+            self.initializers.append(self.weights.add(name, array, dtype))
+        else:
+            self.initializers.append(numpy_helper.from_array(np.asarray(array, dtype=dtype, order="C"), name))
         return name
 
     # ---- control flow ------------------------------------------------------------------------

@@ -2,11 +2,14 @@
 (Hugging Face's own forward, under :func:`rlens.reference.reduced` when the plan reduces).
 
 The decoder check runs a prefill chunk with a visual span and then decode steps through the
-same graph, comparing logits and every present KV tensor.
+same graph, comparing logits and every present KV tensor. The golden chain runs first and keeps
+only its outputs, so an export can free the PyTorch weights before ONNX Runtime loads the graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,27 +94,143 @@ def reference_step(loaded: Any, plan: Plan, s: DecoderSample) -> tuple[np.ndarra
     return logits.numpy(), present
 
 
+@dataclass(frozen=True)
+class VerifySpan:
+    """The decoder call verification runs: a prefill of ``seq`` tokens with ``span`` = (start,
+    length) visual tokens, then ``steps`` single-token decode steps."""
+
+    seq: int = 24
+    span: tuple[int, int] = (3, 14)
+    steps: int = 3
+
+    def manifest(self) -> dict[str, Any]:
+        return {"sequence": self.seq, "visual_start": self.span[0], "visual_length": self.span[1],
+                "decode_steps": self.steps}
+
+
+TEXT_BEFORE, TEXT_AFTER = 3, 7
+
+
+def span_for_plan(plan: Plan, max_positions: int | None, steps: int = 3) -> VerifySpan:
+    """A visual span that exercises the plan: at least 2*max(W)+1 tokens (a hollow layer's mask
+    differs from dense attention and spans several windows) and more than M probes (the probe
+    stride is used), capped so every position stays below ``max_positions``."""
+    length = 14
+    windows = [lp.hollow_window for lp in plan.layers if lp.hollow_window is not None]
+    if windows:
+        length = max(length, 2 * max(windows) + 1)
+    if any(lp.ffn_keep is not None for lp in plan.layers):
+        length = max(length, plan.ffn_probes + 1)
+    if max_positions:
+        length = max(1, min(length, max_positions - TEXT_BEFORE - TEXT_AFTER - steps))
+    return VerifySpan(TEXT_BEFORE + length + TEXT_AFTER, (TEXT_BEFORE, length), steps)
+
+
+@dataclass
+class Golden:
+    """The PyTorch golden of a verification run: per call, its fresh inputs, logits and present KV."""
+
+    spec: VerifySpan
+    feeds: list[dict[str, np.ndarray]]  # inputs_embeds / attention_mask / position_ids / visual_span
+    logits: list[np.ndarray]
+    present: list[list[np.ndarray]]
+
+
+def _fresh(s: DecoderSample) -> dict[str, np.ndarray]:
+    return {k: v for k, v in s.feeds.items() if not k.startswith("past_key_values.")}
+
+
+def _chain(geo: DecoderGeometry, spec: VerifySpan, run: Any, *, batch: int, seed: int, dtype: Any) -> None:
+    """Prefill + decode steps; ``run(step, sample)`` returns the present KV the next step reads."""
+    s = sample(geo, seed, batch, spec.seq, spec.span, dtype=dtype)
+    past_pos = int(s.feeds["position_ids"].max()) + 1
+    total = spec.seq
+    for step in range(spec.steps + 1):
+        kv = run(step, s)
+        s = sample(geo, seed + step + 1, batch, 1, (0, 0), kv, past_pos + step, dtype=dtype, past_len=total)
+        total += 1
+
+
+def decoder_golden(loaded: Any, plan: Plan, geo: DecoderGeometry, spec: VerifySpan = VerifySpan(), *,
+                   batch: int = 1, seed: int = 0, dtype: Any = np.float32) -> Golden:
+    """Run the golden chain (its own KV cache). Inputs are rounded to ``dtype`` as the graph gets
+    them; the model runs in fp32 whatever dtype it was loaded in (:func:`fp32_compute`)."""
+    golden = Golden(spec, [], [], [])
+
+    def run(step: int, s: DecoderSample) -> list[np.ndarray]:
+        logits, present = reference_step(loaded, plan, _as_fp32(s))
+        golden.feeds.append(_fresh(s))
+        golden.logits.append(logits)
+        golden.present.append(present)
+        return [p.astype(dtype) for p in present]
+
+    with fp32_compute(loaded):
+        _chain(geo, spec, run, batch=batch, seed=seed, dtype=dtype)
+    return golden
+
+
+def compare_decoder(session: Any, golden: Golden, geo: DecoderGeometry, *, batch: int = 1, seed: int = 0,
+                    dtype: Any = np.float32) -> Comparison:
+    """Run the ONNX chain (its own KV cache) on the golden's inputs and compare every output."""
+    cmp = Comparison()
+    names = [o.name for o in session.get_outputs()]
+
+    def run(step: int, s: DecoderSample) -> list[np.ndarray]:
+        for k, v in golden.feeds[step].items():
+            if not np.array_equal(s.feeds[k], v):
+                raise AssertionError(f"verification input {k} of step {step} differs from the golden's")
+        got = dict(zip(names, session.run(None, s.feeds)))
+        tag = "prefill" if step == 0 else "decode"
+        cmp.add(f"{tag}.logits", got["logits"], golden.logits[step])
+        for i in range(geo.num_layers):
+            cmp.add(f"{tag}.present.key", got[f"present.{i}.key"], golden.present[step][2 * i])
+            cmp.add(f"{tag}.present.value", got[f"present.{i}.value"], golden.present[step][2 * i + 1])
+        return [got[f"present.{i}.{t}"] for i in range(geo.num_layers) for t in ("key", "value")]
+
+    _chain(geo, golden.spec, run, batch=batch, seed=seed, dtype=dtype)
+    return cmp
+
+
 def check_decoder(session: Any, loaded: Any, plan: Plan, geo: DecoderGeometry, *, steps: int = 3,
                   seq: int = 24, span: tuple[int, int] = (3, 14), batch: int = 1, seed: int = 0,
                   dtype: Any = np.float32) -> Comparison:
     """Prefill (with a visual span) + ``steps`` single-token decode steps: ONNX vs the golden."""
-    cmp = Comparison()
-    s = sample(geo, seed, batch, seq, span, dtype=dtype)
-    past_pos = int(s.feeds["position_ids"].max()) + 1
-    total = seq
-    for step in range(steps + 1):
-        names = [o.name for o in session.get_outputs()]
-        got = dict(zip(names, session.run(None, s.feeds)))
-        logits, present = reference_step(loaded, plan, _as_fp32(s))
-        tag = "prefill" if step == 0 else "decode"
-        cmp.add(f"{tag}.logits", got["logits"], logits)
-        for i in range(geo.num_layers):
-            cmp.add(f"{tag}.present.key", got[f"present.{i}.key"], present[2 * i])
-            cmp.add(f"{tag}.present.value", got[f"present.{i}.value"], present[2 * i + 1])
-        kv = [got[f"present.{i}.{t}"] for i in range(geo.num_layers) for t in ("key", "value")]
-        s = sample(geo, seed + step + 1, batch, 1, (0, 0), kv, past_pos + step, dtype=dtype, past_len=total)
-        total += 1
-    return cmp
+    golden = decoder_golden(loaded, plan, geo, VerifySpan(seq, span, steps), batch=batch, seed=seed, dtype=dtype)
+    return compare_decoder(session, golden, geo, batch=batch, seed=seed, dtype=dtype)
+
+
+@contextmanager
+def fp32_compute(loaded: Any) -> Iterator[None]:
+    """Run the language model's layers, final norm and LM head in fp32 even when the model was
+    loaded in fp16/bf16: each module is cast up just before its forward and back right after
+    (exact: fp16/bf16 -> fp32 -> fp16/bf16 round-trips), so only one layer is ever held in fp32."""
+    import torch
+
+    fam, model = loaded.family, loaded.model
+    lm = fam.language_model(model)
+    low = []
+    for m in (*fam.decoder_layers(model), lm.norm, fam.lm_head(model)):
+        dtypes = {p.dtype for p in m.parameters()} - {torch.float32}
+        if dtypes:
+            low.append((m, dtypes.pop()))
+    def up(mod: Any, args: Any) -> None:
+        mod.float()
+
+    def down(dtype: Any) -> Any:
+        def hook(mod: Any, args: Any, out: Any) -> None:
+            mod.to(dtype)
+        return hook
+
+    handles = []
+    for m, dtype in low:
+        handles += [m.register_forward_pre_hook(up), m.register_forward_hook(down(dtype))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m, dtype in low:
+            m.to(dtype)
 
 
 def _as_fp32(s: DecoderSample) -> DecoderSample:

@@ -114,13 +114,14 @@ def _check_runs(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> None:
     sess.run(None, {k: v for k, v in inputs.items() if k in names})
 
 
-def embed_model(loaded: Any, opset: int, dtype: str = "fp32") -> onnx.ModelProto:
-    """input_ids [B, S] int64 -> inputs_embeds [B, S, H] (a Gather of the embedding table)."""
+def embed_model(loaded: Any, opset: int, dtype: str = "fp32", weights: Any = None) -> onnx.ModelProto:
+    """input_ids [B, S] int64 -> inputs_embeds [B, S, H] (a Gather of the embedding table);
+    ``weights``: a :class:`rlens.export.graph.WeightFile` to stream the table to."""
     from rlens.export.decoder import finish_model
 
     table = loaded.family.language_model(loaded.model).embed_tokens.weight.detach().float().numpy()
-    b = GraphBuilder("embed_tokens", dtype)
-    out = b.op("Gather", [b.weight("embed_tokens.weight", table.astype(b.np_float)), "input_ids"], axis=0)
+    b = GraphBuilder("embed_tokens", dtype, weights)
+    out = b.op("Gather", [b.weight("embed_tokens.weight", table, b.np_float), "input_ids"], axis=0)
     b.output(out, "inputs_embeds")
     graph = helper.make_graph(
         b.nodes, "rlens_embed_tokens",

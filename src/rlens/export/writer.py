@@ -8,6 +8,7 @@ leaves nothing behind, and nothing but an earlier rlens bundle is ever replaced.
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 from pathlib import Path
@@ -21,7 +22,8 @@ from rlens.errors import BundleError, OutputError
 from rlens.export.bundle import ExportConfig, effective_plan, save_onnx
 from rlens.export.decoder import decoder_model, geometry
 from rlens.export.tokens import manifest_entry
-from rlens.export.verify import check_decoder
+from rlens.export.graph import WeightFile
+from rlens.export.verify import compare_decoder, decoder_golden, span_for_plan
 from rlens.export.vision import embed_model, reference_features, vision_inputs, vision_model
 from rlens.fileio import output_writer
 from rlens.plan import Plan
@@ -43,6 +45,8 @@ def _session(path: Path) -> Any:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    # Weights are read where ONNX Runtime maps the .data file; no pre-packed second copy.
+    opts.add_session_config_entry("session.disable_prepacking", "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -59,8 +63,12 @@ def _io_table(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": rows(model.graph.input), "outputs": rows(model.graph.output)}
 
 
-def bundle_from_plan(loaded: Any, plan: Plan, out_dir: str | os.PathLike[str], config: ExportConfig) -> Path:
+def bundle_from_plan(loaded: Any, plan: Plan, out_dir: str | os.PathLike[str], config: ExportConfig, *,
+                     consume: bool = False) -> Path:
     """Export ``loaded`` reduced by ``plan`` into the bundle folder ``out_dir``; returns its path.
+
+    ``consume=True`` (the CLI's choice) hands the model over: its PyTorch weights are freed before
+    ONNX Runtime verifies the decoder, so the export never holds two copies of them.
 
     Raises :class:`OutputError` if ``out_dir`` exists and is not replaceable (an rlens bundle with
     ``config.overwrite``), :class:`BundleError` if verification finds a graph off by more than the
@@ -71,40 +79,111 @@ def bundle_from_plan(loaded: Any, plan: Plan, out_dir: str | os.PathLike[str], c
     source = [loaded.source] if loaded.preset is None else []
     with output_writer(out_dir, "bundle", config.overwrite, inputs=source) as tmp:
         try:
-            write_bundle(loaded, plan, tmp, config)
+            write_bundle(loaded, plan, tmp, config, consume=consume)
         except OSError as e:
             raise OutputError(f"cannot write the bundle beside {out_dir}: {e.strerror or e}") from None
     return Path(os.path.abspath(out_dir))
 
 
-def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig) -> None:
+def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig, *, consume: bool = False) -> None:
+    """Write, verify and hash a bundle into ``folder``. Weights are streamed to the graphs' .data
+    files as they are made; with ``consume`` the PyTorch model is dropped (``loaded.model = None``)
+    once every golden is computed, before ONNX Runtime loads the decoder, so peak memory holds one
+    copy of the weights, not two."""
     loaded.save_processor(folder / "processor")
     plan.save(folder / "plan.json")
     graphs: dict[str, Any] = {}
     diffs: dict[str, float] = {}
-    dec = decoder_model(loaded, plan, config.attention, config.dtype, config.opset)
+    geo = geometry(loaded)
+    dt = np.float16 if config.dtype == "fp16" else np.float32
+    spec = span_for_plan(plan, _max_positions(loaded.config))
+    golden = decoder_golden(loaded, plan, geo, spec, dtype=dt) if config.verify else None
+    with WeightFile(folder / "decoder.onnx.data") as weights:
+        dec = decoder_model(loaded, plan, config.attention, config.dtype, config.opset, weights, config.resolved_ops)
     graphs["decoder"] = {"files": save_onnx(dec, folder / "decoder.onnx", config.external_data), **_io_table(dec)}
     del dec
-    emb = embed_model(loaded, config.opset, config.dtype)
+    quantization = None
+    if config.weights != "float":
+        quantization = _quantize(folder, config, graphs, diffs, golden, geo, dt)
+    with WeightFile(folder / "embed_tokens.onnx.data") as weights:
+        emb = embed_model(loaded, config.opset, config.dtype, weights)
     graphs["embed_tokens"] = {"files": save_onnx(emb, folder / "embed_tokens.onnx", config.external_data),
                               **_io_table(emb)}
+    del emb
     visual_tokens = image_size = None
     if config.vision:
         image_size = sample_size(loaded)
+        _vision_fp32(loaded)
         prepared = _prepare_sample(loaded, folder / "processor")
         visual_tokens = prepared.visual_span[1]
         inputs = vision_inputs(prepared.vision)
         vis = vision_model(loaded, inputs, config.opset)
         graphs["vision"] = {"files": save_onnx(vis, folder / "vision.onnx", config.external_data), **_io_table(vis)}
+        del vis
         if config.verify:
             diffs["vision"] = _check_vision(loaded, folder / "vision.onnx", inputs)
     if config.verify:
-        geo = geometry(loaded)
-        dt = np.float16 if config.dtype == "fp16" else np.float32
-        diffs["decoder"] = check_decoder(_session(folder / "decoder.onnx"), loaded, plan, geo, dtype=dt).max_abs_diff
         diffs["embed_tokens"] = _check_embed(loaded, folder / "embed_tokens.onnx")
+    body = _manifest(loaded, plan, config, graphs, diffs, visual_tokens, image_size)
+    body["weights"] = quantization or {"weights": "float"}
+    if consume:
+        loaded.model = None
+        gc.collect()
+    if golden is not None:
+        if quantization is None:  # a quantized decoder's float graph was compared before quantizing
+            diffs["decoder"] = compare_decoder(_session(folder / "decoder.onnx"), golden, geo, dtype=dt).max_abs_diff
         _enforce(diffs, config.max_abs_diff)
-    write_manifest(folder, _manifest(loaded, plan, config, graphs, diffs, visual_tokens, image_size))
+        body["verification"] = {"tolerance": config.max_abs_diff, "max_abs_diff": diffs,
+                                "decoder_inputs": spec.manifest()}
+    write_manifest(folder, body)
+
+
+def _quantize(folder: Path, config: ExportConfig, graphs: dict[str, Any], diffs: dict[str, float],
+              golden: Any, geo: Any, dt: Any) -> dict[str, Any]:
+    """Verify the float decoder against ``golden`` (when given), quantize its weights in place, and
+    record the quantized graph's logit difference from the float graph on a fixed sample."""
+    from rlens.export.quantize import quantize_decoder
+    from rlens.export.verify import sample
+
+    path = folder / "decoder.onnx"
+    feeds = sample(geo, 0, 1, 24, (3, 14), dtype=dt).feeds
+    float_logits = None
+    if golden is not None:
+        diffs["decoder"] = compare_decoder(_session(path), golden, geo, dtype=dt).max_abs_diff
+        float_logits = _session(path).run(["logits"], feeds)[0]
+    model = onnx.load(str(path))
+    for name in graphs["decoder"]["files"]:
+        (folder / name).unlink()
+    model, record = quantize_decoder(model, config.weights, config.resolved_ops, config.weights_block)
+    graphs["decoder"]["files"] = save_onnx(model, path, config.external_data)
+    del model
+    if float_logits is not None:
+        got = _session(path).run(["logits"], feeds)[0]
+        record["logits_max_abs_diff_vs_float"] = float(np.max(np.abs(got.astype(np.float64) - float_logits)))
+        record["greedy_token_agrees"] = bool(np.argmax(got[0, -1]) == np.argmax(float_logits[0, -1]))
+        record["verified"] = "the float decoder, before quantization (verification.max_abs_diff.decoder)"
+    return record
+
+
+def _vision_fp32(loaded: Any) -> None:
+    """vision.onnx is traced in fp32: a model loaded in fp16/bf16 gets every weight outside the
+    language model and LM head (the vision tower and projector, a small part) cast to fp32."""
+    import torch
+
+    fam, model = loaded.family, loaded.model
+    text = {id(t) for m in (fam.language_model(model), fam.lm_head(model)) for t in (*m.parameters(), *m.buffers())}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if id(p) not in text and p.dtype in (torch.float16, torch.bfloat16):
+                p.data = p.data.float()
+        for name, buf in module.named_buffers(recurse=False):
+            if id(buf) not in text and buf.dtype in (torch.float16, torch.bfloat16):
+                setattr(module, name, buf.float())
+
+
+def _max_positions(cfg: Any) -> int | None:
+    max_pos = getattr(cfg.get_text_config(), "max_position_embeddings", None)
+    return int(max_pos) if max_pos else None
 
 
 def _json(x: Any) -> Any:
@@ -165,14 +244,14 @@ def _manifest(loaded: Any, plan: Plan, config: ExportConfig, graphs: dict[str, A
     fam = loaded.family
     geo = geometry(loaded)
     cfg = loaded.config
-    max_pos = getattr(cfg.get_text_config(), "max_position_embeddings", None)
+    max_pos = _max_positions(cfg)
     body = {
         "format": FORMAT, "version": VERSION,
         "family": fam.name, "architecture": fam.model_class, "source": loaded.source,
-        "dtype": config.dtype, "attention": config.attention, "opset": config.opset,
+        "dtype": config.dtype, "attention": config.attention, "opset": config.opset, "ops": config.resolved_ops,
         "model": {**fam.sizes(cfg), "rope_kind": fam.rope_kind,
                   "mrope_section": list(geo.mrope_section) if geo.mrope_section else None,
-                  "max_position_embeddings": int(max_pos) if max_pos else None},
+                  "max_position_embeddings": max_pos},
         "tokens": {"visual_token_ids": list(fam.visual_token_ids(cfg)),
                    "eos_token_id": _eos(cfg)},
         "visual_tokens": {"per_image": visual_tokens, "rule": f"{fam.name}: Family.visual_tokens_from_pixels",

@@ -175,6 +175,80 @@ class Family:
         }
 
 
+    # ---- text-decoder export hooks -----------------------------------------------------------
+    # rlens.export.decoder writes a Llama-shaped layer and asks the family for every piece of it,
+    # as onnxruntime-genai's builder subclasses and optimum's configs do. A family that differs
+    # overrides one of these in its own file; what the exporter cannot write fails with one clear
+    # error from :meth:`check_exportable` instead of a verification mismatch.
+    #: attribute names of a decoder layer's norms (before attention, before the FFN) and the final norm
+    layer_norm_attrs: ClassVar[tuple[str, str]] = ("input_layernorm", "post_attention_layernorm")
+    final_norm_attr: ClassVar[str] = "norm"
+    #: attention projection names (q, k, v, o) of the attention module
+    projection_names: ClassVar[tuple[str, str, str, str]] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    #: norm the decoder export writes: "rms" (HF RMSNorm: x * rsqrt(mean(x^2) + eps) * weight)
+    norm_kind: ClassVar[str] = "rms"
+
+    @classmethod
+    def layer_norms(cls, layer: Any) -> tuple[Any, Any]:
+        return tuple(getattr(layer, a) for a in cls.layer_norm_attrs)  # type: ignore[return-value]
+
+    @classmethod
+    def final_norm(cls, model: Any) -> Any:
+        return getattr(cls.language_model(model), cls.final_norm_attr)
+
+    @classmethod
+    def attention_projections(cls, attn: Any) -> tuple[Any, Any, Any, Any]:
+        """(q, k, v, o) ``nn.Linear`` modules; biases are read from them when present."""
+        return tuple(getattr(attn, n) for n in cls.projection_names)  # type: ignore[return-value]
+
+    @classmethod
+    def attention_scale(cls, attn: Any) -> float:
+        from rlens import hf_compat
+
+        return hf_compat.attention_scaling(attn)
+
+    @classmethod
+    def rope(cls, model: Any) -> RopeSpec:
+        """The rotary tables' inputs: inverse frequencies, amplitude scaling and, for M-RoPE, the
+        per-axis frequency sections (positions come as [3, B, S])."""
+        import numpy as np
+
+        from rlens import hf_compat
+
+        lm = cls.language_model(model)
+        inv_freq = hf_compat.rotary_inv_freq(lm).detach().to("cpu").float().numpy().astype(np.float32)
+        section = hf_compat.mrope_section(lm) if cls.rope_kind == "mrope" else None
+        return RopeSpec(inv_freq, hf_compat.rotary_attention_scaling(lm), section)
+
+    @classmethod
+    def layer_extras(cls, layer: Any) -> tuple[str, ...]:
+        """Per-layer ops beyond the Llama shape that this model has (q/k norm, sliding window).
+        The exporter writes none of them yet and refuses a model that has any."""
+        attn = cls.attention(layer)
+        extras = [n for n in ("q_norm", "k_norm") if getattr(attn, n, None) is not None]
+        if getattr(attn, "sliding_window", None):
+            extras.append("sliding_window")
+        return tuple(extras)
+
+    @classmethod
+    def check_exportable(cls, model: Any) -> None:
+        """Raise :class:`ModelError` for a decoder the export would get wrong."""
+        extras = sorted({e for layer in cls.decoder_layers(model) for e in cls.layer_extras(layer)})
+        if cls.norm_kind != "rms" or extras:
+            raise ModelError(f"{cls.name}: the decoder export writes RMSNorm Llama-shaped layers; this model has "
+                             f"norm {cls.norm_kind!r} and per-layer ops {extras or 'none'} (override the "
+                             "family's decoder export hooks to support them)")
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    """What the exporter needs to build the rotary tables (see :meth:`Family.rope`)."""
+
+    inv_freq: Any  # numpy float32 [D/2]
+    attention_scaling: float = 1.0
+    mrope_section: tuple[int, ...] | None = None
+
+
 def _span_of_row(row: Any, visual_ids: tuple[int, ...]) -> VisualSpan:
     import numpy as np
 

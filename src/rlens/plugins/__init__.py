@@ -4,7 +4,8 @@ The library is built from ``plugins/`` with CMake (see docs/plugin.md). Nothing 
 import: no library is loaded and neither torch nor tensorrt is imported.
 
 TensorRT registers the plugin creators when it loads the library itself:
-:func:`register_with` (``registry.load_library(path)``) or ``trtexec --dynamicPlugins=...``;
+:func:`register_with` (``registry.load_library(path)``, once per process, failures raise) or
+``trtexec --dynamicPlugins=...``;
 :func:`load` only maps the library into the process.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from pathlib import Path
 
 from rlens.errors import RlensError
@@ -19,6 +21,8 @@ from rlens.errors import RlensError
 LIBRARY_NAME = "librlens_trt_plugins.so"
 KERNEL_LIBRARY_NAME = "librlens_hollow_kernel.so"
 ENV_VAR = "RLENS_PLUGIN_LIB"
+#: the plugin-mode bundle shipped for ``rlens doctor`` (a checkout's plugins/doctor/)
+DOCTOR_BUNDLE = Path(__file__).resolve().parents[3] / "plugins" / "doctor" / "bundle-hollow-fp16"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _REPO_ROOT = _PACKAGE_DIR.parents[2]  # <repo>/src/rlens/plugins -> <repo>
@@ -65,19 +69,38 @@ def load(name: str = LIBRARY_NAME) -> ctypes.CDLL:
     return ctypes.CDLL(str(library_path(name)), mode=ctypes.RTLD_GLOBAL)
 
 
-def register_with(registry):
-    """Register the plugins with a TensorRT plugin registry (``trt.get_plugin_registry()``).
+_REGISTERED: dict[tuple[int, str], object] = {}
+_LOCK = threading.Lock()
 
-    TensorRT dlopens the library and calls its ``getCreators()``; the returned handle can be
-    passed to ``registry.deregister_library``. Taking the registry as an argument keeps this
-    module free of a tensorrt import.
+
+def register_with(registry, path: str | os.PathLike[str] | None = None):
+    """Register the plugins with a TensorRT plugin registry (``trt.get_plugin_registry()``), once
+    per process and library: later calls return the first handle without loading again.
+
+    TensorRT dlopens the library and calls its ``getCreators()``. A ``None`` handle (a library
+    built against another TensorRT/CUDA, a creator already registered by another copy) or a
+    registry that still has no ``HollowAttention`` creator afterwards raises :class:`RlensError`.
+    Taking the registry as an argument keeps this module free of a tensorrt import.
     """
-    path = library_path()
-    handle = registry.load_library(str(path))
-    if handle is None:
-        raise RlensError(f"TensorRT could not load the plugin library {path} (already registered, or built "
-                         "against another TensorRT/CUDA); see the TensorRT log")
-    return handle
+    from rlens.plugins.spec import HOLLOW_ATTENTION as spec
+
+    lib = Path(path) if path else library_path()
+    if not lib.is_file():
+        raise PluginNotBuiltError(f"plugin library {lib} not found; build it with:\n  {BUILD_COMMAND}")
+    key = (id(registry), str(lib.resolve()))
+    with _LOCK:
+        if key in _REGISTERED:
+            return _REGISTERED[key]
+        handle = registry.load_library(str(lib))
+        if handle is None:
+            raise RlensError(f"TensorRT could not load the plugin library {lib} (built against another "
+                             "TensorRT/CUDA, or a HollowAttention creator is already registered from another "
+                             "copy); see the TensorRT log above")
+        if registry.get_creator(spec.name, spec.version, spec.namespace) is None:
+            raise RlensError(f"{lib} loaded but TensorRT has no {spec.namespace}::{spec.name} v{spec.version} "
+                             "creator: the library is not rlens' plugin library")
+        _REGISTERED[key] = handle
+        return handle
 
 
 __all__ = [

@@ -124,6 +124,9 @@ class Manifest:
     visual_tokens: VisualSection = doc("visual token rules and image limits")
     graphs: dict[str, GraphEntry] = doc("name (decoder, embed_tokens, vision) -> files and I/O", max_items=16)
     plan: PlanSection = doc("the plan the bundle was exported with (full plan in plan.json)")
+    ops: str = doc("operator set of the graphs: standard ONNX, or ONNX Runtime contrib ops (ort)",
+                   choices=("standard", "ort"), default="standard")
+    weights: dict[str, Any] = doc("weight format (float, int8, int4) and the quantization record", default={})
     verification: dict[str, Any] | None = doc("tolerance and max abs diff per graph; null with --no-verify",
                                               default=None)
     versions: dict[str, str] = doc("library versions at export", default={}, max_len=128)

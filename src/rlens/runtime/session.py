@@ -99,8 +99,11 @@ class Session:
             raise
         vision = self.runners.get("vision")
         self.preparer = Preparer(manifest, vision.inputs if vision else None)
-        if vision:  # load the image processor now: its set-up is load time, not time to first token
+        # Set up the chat template and the image processor now: load time, not time to first token.
+        _ = self.preparer.processor.template
+        if vision:
             _ = self.preparer.processor.image_processor
+            _warm_image_decoders()
         dec = self.runners["decoder"].inputs
         self.float_dtype = dec["inputs_embeds"].dtype
         self.mrope = len(dec["position_ids"].shape) == 3
@@ -246,6 +249,14 @@ class Session:
         if self.preparer.processor.eos_token_id is not None:
             ids.add(int(self.preparer.processor.eos_token_id))
         return {int(i) for i in ids}
+
+
+def _warm_image_decoders() -> None:
+    """PIL imports its common format plugins (PNG, JPEG, BMP, GIF, PPM) on first open; do that during
+    load (``preinit``: the rarer formats are still imported on demand, as ``Image.open`` does)."""
+    from PIL import Image
+
+    Image.preinit()
 
 
 def _one_image(images: Any) -> Any:

@@ -6,12 +6,15 @@ Plugin-mode bundles load ``librlens_trt_plugins.so`` first. Each call picks the 
 profile whose bounds hold the feed's shapes (decoder: prefill, then decode) and runs through
 polygraphy's ``TrtRunner``.
 
-The KV cache stays on the GPU: ``present.*`` outputs are copied device-to-device into two
-alternating buffers per output (the runner reuses its own output memory on the next call, which
-also reads the previous step's cache) and handed to the session as :class:`DeviceTensor`s, which
-it feeds back as ``past_key_values.*``; only ``logits`` (and the vision/embedding outputs) come
-to the host. Never run in this workplace (no GPU, no TensorRT): docs/jetson.md lists the GPU
-tests to run on the target.
+The KV cache stays on the GPU: ``present.*`` outputs are copied device-to-device, on the
+runner's stream, into two alternating buffers per output (the runner reuses its own output
+memory on the next call, which also reads the previous step's cache) and handed to the session
+as :class:`DeviceTensor`s, which it feeds back as ``past_key_values.*``; only ``logits`` (and the
+vision/embedding outputs) come to the host. The buffers are allocated once, at the engine's
+largest KV shape (past + sequence at the profiles' maxima), on the first call that returns a
+cache: a decode step allocates nothing (tests/test_tensorrt_kv.py counts it with a stubbed CUDA
+layer). Never run in this workplace (no GPU, no TensorRT): docs/jetson.md lists the GPU tests
+and ``rlens doctor`` runs the checks on the target.
 """
 
 from __future__ import annotations
@@ -41,13 +44,48 @@ class DeviceTensor:
         return arr if dtype is None else arr.astype(dtype)
 
 
+class KVDoubleBuffer:
+    """Two raw device buffers per KV output, allocated once at a fixed capacity; each step copies
+    the runner's output into one of them and returns a view of its current shape.
+
+    ``cuda`` is polygraphy's ``cuda`` module (``DeviceArray.raw``, ``DeviceView``, ``wrapper()``,
+    ``MemcpyKind``), passed in so a test can count allocations with a stub.
+    """
+
+    def __init__(self, cuda: Any) -> None:
+        self._cuda = cuda
+        self._buffers: dict[str, tuple[Any, Any]] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._buffers
+
+    def allocate(self, name: str, nbytes: int) -> None:
+        self._buffers[name] = (self._cuda.DeviceArray.raw((nbytes,)), self._cuda.DeviceArray.raw((nbytes,)))
+
+    def copy(self, name: str, slot: int, src: Any, shape: tuple[int, ...], dtype: np.dtype, stream_ptr: int) -> Any:
+        dst = self._buffers[name][slot]
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes > dst.allocated_nbytes:
+            raise BackendError(f"{name} of shape {shape} exceeds the engine's maximum KV size; "
+                               "rebuild the engine with a larger --max-seq")
+        self._cuda.wrapper().memcpy(dst=dst.ptr, src=src.ptr, nbytes=nbytes,
+                                    kind=self._cuda.MemcpyKind.DeviceToDevice, stream_ptr=stream_ptr)
+        return self._cuda.DeviceView(dst.ptr, shape, dtype)
+
+    def free(self) -> None:
+        for pair in self._buffers.values():
+            for buf in pair:
+                buf.free()
+        self._buffers.clear()
+
+
 def _import_tensorrt() -> Any:
     try:
         import tensorrt as trt
         from polygraphy.backend import trt as _  # noqa: F401
     except ImportError as e:
         raise BackendError(f"backend 'tensorrt' needs TensorRT and polygraphy ({e}); install them on the target "
-                           "(pip install 'rlens[tensorrt]' on x86, JetPack's python3-libnvinfer on Jetson)") from None
+                           "(pip install 'redundancylens[tensorrt]' on x86, JetPack's python3-libnvinfer on Jetson)") from None
     return trt
 
 
@@ -83,13 +121,14 @@ class TensorRTBackend(Backend):
         self._runner.activate()
         self._profile = 0
         self._step = 0
-        self._kv: dict[str, list[Any]] = {}
+        from polygraphy import cuda
+
+        self._kv = KVDoubleBuffer(cuda)
 
     def _load_plugin(self, trt: Any) -> None:
         from rlens import plugins
 
-        path = self.options.get("plugin_lib") or plugins.library_path()
-        trt.get_plugin_registry().load_library(str(path))
+        plugins.register_with(trt.get_plugin_registry(), self.options.get("plugin_lib"))
 
     def input_specs_impl(self) -> list[TensorSpec]:
         trt, eng = self._trt, self._engine
@@ -131,21 +170,29 @@ class TensorRTBackend(Backend):
 
     def _keep_on_device(self, name: str, view: Any) -> DeviceTensor:
         """Copy ``view`` into this step's buffer of ``name`` (the other one holds the cache the
-        call just read), device to device."""
-        from polygraphy import cuda
+        call just read), device to device on the runner's stream."""
+        if name not in self._kv:
+            self._kv.allocate(name, self._kv_capacity(name))
+        dtype = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+        dst = self._kv.copy(name, self._step % 2, view, tuple(int(d) for d in view.shape), dtype,
+                            self._runner.stream.ptr)
+        return DeviceTensor(dst, dtype)
 
-        buffers = self._kv.setdefault(name, [cuda.DeviceArray(dtype=view.dtype), cuda.DeviceArray(dtype=view.dtype)])
-        dst = buffers[self._step % 2].resize(tuple(view.shape))
-        cuda.wrapper().memcpy(dst=dst.ptr, src=view.ptr, nbytes=view.nbytes, kind=cuda.MemcpyKind.DeviceToDevice)
-        dtype = self._trt.nptype(self._engine.get_tensor_dtype(name))
-        return DeviceTensor(dst.view(), dtype)
+    def _kv_capacity(self, name: str) -> int:
+        """Bytes of the largest ``present.*`` tensor any profile allows: the past input's maximum
+        with its sequence axis grown by the profile's maximal new tokens."""
+        past = "past_key_values." + name[len("present."):]
+        itemsize = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name))).itemsize
+        best = 0
+        for p in range(self._engine.num_optimization_profiles):
+            hi = list(self._engine.get_tensor_profile_shape(past, p)[2])
+            hi[2] += int(self._engine.get_tensor_profile_shape("inputs_embeds", p)[2][1])
+            best = max(best, int(np.prod(hi)) * itemsize)
+        return best
 
     def deactivate_impl(self) -> None:
         self._runner.deactivate()
-        for buffers in self._kv.values():
-            for b in buffers:
-                b.free()
-        self._kv.clear()
+        self._kv.free()
         del self._runner, self._engine
 
     def extra(self) -> dict[str, Any]:

@@ -1,0 +1,218 @@
+"""ONNX Runtime contrib-op builders for ``--ops ort`` (domain ``com.microsoft``).
+
+Unreduced layers run one ``GroupQueryAttention`` each (causal attention, GQA and the KV cache in
+one kernel) fed by one packed q/k/v ``MatMul`` and ``RotaryEmbedding``; residual sums and RMSNorm
+become ``SkipSimplifiedLayerNormalization``. The graph stays exact:
+
+- RoPE (M-RoPE included) uses rlens' own per-token tables: the chunk's cos/sin rows are the
+  op's ``cos_cache``/``sin_cache`` (flattened to [B*S, D/2]) and its position ids index them
+  (row ``b*S + s``), so any position scheme a family computes is applied as is.
+- Padding keys are masked with an additive ``attention_bias`` [B, 1, S, T] (0 or a large
+  negative); ``seqlens_k`` is ``T - 1`` for every row, so GroupQueryAttention's own causal rule
+  (query ``P + s`` sees keys ``<= P + s``) is the ordinary causal mask.
+- The attention scale is folded into the q rows of the packed weight (``scale=1``).
+
+ONNX Runtime's CPU GroupQueryAttention refuses a batch above 1 with a multi-token chunk after a
+non-empty past (its own error message); prefill from an empty cache and decode steps are fine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from rlens.export.graph import GraphBuilder
+
+MS = "com.microsoft"
+BIAS_NEG = -3.0e38
+
+
+@dataclass(frozen=True)
+class FusedShared:
+    """Per-chunk inputs of the fused attention, built once for all layers."""
+
+    cos: str  # [B*S, D/2] graph float
+    sin: str
+    rope_pos: str  # int64 [B, S]: row of the table for each token (b * S + s)
+    seqlens_k: str  # int32 [B]: T - 1
+    total_len: str  # int32 scalar: T
+    bias: str  # graph float [B, 1, S, T]: 0 where the key is not padding
+
+
+def fused_shared(b: GraphBuilder, cos_half: str, sin_half: str, key_mask: str) -> FusedShared:
+    """``cos_half``/``sin_half`` graph-float [B, S, D/2]; ``key_mask`` bool [B, 1, 1, 1, T]."""
+    with b.scope("fused"):
+        batch, seq = b.dim(cos_half, 0), b.dim(cos_half, 1)
+        flat = b.vec(b.const([-1]), b.dim(cos_half, 2))
+        cos, sin = b.reshape(cos_half, flat), b.reshape(sin_half, flat)
+        rows = b.op("Range", [b.const(0), b.scalar(seq), b.const(1)])
+        base = b.op("Mul", [b.op("Range", [b.const(0), b.scalar(batch), b.const(1)]), b.scalar(seq)])
+        pos = b.op("Add", [b.op("Unsqueeze", [base, b.const([1])]), b.op("Unsqueeze", [rows, b.const([0])])],
+                   label="rope_rows")
+        t = b.dim(key_mask, 4)
+        total = b.op("Cast", [b.scalar(t)], to=TensorProto.INT32, label="total_sequence_length")
+        last = b.op("Cast", [b.op("Sub", [t, b.const([1])])], to=TensorProto.INT32)
+        seqlens = b.op("Expand", [last, batch], label="seqlens_k")
+        mask4 = b.op("Squeeze", [key_mask, b.const([1])])  # [B, 1, 1, T]
+        bias = b.op("Where", [mask4, b.fconst(0.0), b.fconst(BIAS_NEG if b.dtype == "fp32" else -6.0e4)])
+        bias = b.op("Expand", [bias, b.vec(batch, b.const([1]), seq, t)], label="attention_bias")
+    return FusedShared(cos, sin, pos, seqlens, total, bias)
+
+
+def packed_qkv_weight(q: np.ndarray, k: np.ndarray, v: np.ndarray, qb: np.ndarray | None, kb: np.ndarray | None,
+                      vb: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """torch-layout [out, in] weights -> one [in, q+k+v] MatMul weight (and one bias)."""
+    w = np.concatenate([q, k, v], axis=0).T
+    if qb is None and kb is None and vb is None:
+        return w, None
+    parts = [x if x is not None else np.zeros(n.shape[0], np.float32) for x, n in ((qb, q), (kb, k), (vb, v))]
+    return w, np.concatenate(parts)
+
+
+def project_rotate(b: GraphBuilder, x: str, w: str, bias: str | None, sizes: tuple[int, int, int],
+                   heads: tuple[int, int], sh: FusedShared) -> tuple[str, str, str]:
+    """One MatMul for q, k, v ([B, S, n*D] each), RoPE on q and k."""
+    with b.scope("qkv_proj"):
+        y = b.op("MatMul", [x, w], label="MatMul")
+        if bias is not None:
+            y = b.op("Add", [y, bias], label="bias")
+        q, k, v = b.op("Split", [y, b.const(list(sizes))], n_out=3, axis=-1)
+    with b.scope("rotary"):
+        q = b.op("RotaryEmbedding", [q, sh.rope_pos, sh.cos, sh.sin], domain=MS, num_heads=heads[0], label="rope_q")
+        k = b.op("RotaryEmbedding", [k, sh.rope_pos, sh.cos, sh.sin], domain=MS, num_heads=heads[1], label="rope_k")
+    return q, k, v
+
+
+def group_query_attention(b: GraphBuilder, q: str, k: str, v: str, past: tuple[str, str], heads: tuple[int, int],
+                          sh: FusedShared) -> tuple[str, str, str]:
+    """(output [B, S, Hq*D], present key, present value [B, Hkv, T, D]); q is pre-scaled."""
+    inputs = [q, k, v, past[0], past[1], sh.seqlens_k, sh.total_len, "", "", "", sh.bias]
+    out, pk, pv = b.op("GroupQueryAttention", inputs, n_out=3, domain=MS, num_heads=heads[0],
+                       kv_num_heads=heads[1], scale=1.0, label="GroupQueryAttention")
+    return out, pk, pv
+
+
+def to_heads(b: GraphBuilder, x: str, heads: int, head_dim: int) -> str:
+    """[B, S, n*D] -> [B, n, S, D] (the standard-op layout the hollow subgraph takes)."""
+    return b.op("Transpose", [b.op("Reshape", [x, b.const([0, 0, heads, head_dim])])], perm=[0, 2, 1, 3])
+
+
+def simplified_norm(b: GraphBuilder, x: str, gamma: str, eps: float) -> str:
+    """RMSNorm as ``SimplifiedLayerNormalization`` (fp32 stream in, fp32 out)."""
+    return b.op("SimplifiedLayerNormalization", [x, gamma], axis=-1, epsilon=eps, stash_type=1,
+                label="SimplifiedLayerNormalization")
+
+
+def skip_norm(b: GraphBuilder, delta: str, x: str, gamma: str, eps: float) -> tuple[str, str]:
+    """(RMSNorm(x + delta), x + delta) in one ``SkipSimplifiedLayerNormalization``."""
+    outs = b.op("SkipSimplifiedLayerNormalization", [delta, x, gamma], n_out=4, domain=MS, epsilon=eps,
+                label="SkipSimplifiedLayerNormalization")
+    return outs[0], outs[3]
+
+
+def _seq_rows(b: GraphBuilder, x: str, lo: str, n: str, front: str, back: str, axis: int) -> str:
+    """Rows ``lo .. lo + n`` of ``x`` along ``axis`` (scalars), zero-padded ``front``/``back`` rows."""
+    lo1 = b.op("Unsqueeze", [lo, b.const([0])])
+    rows = b.slice(x, lo1, b.op("Unsqueeze", [b.op("Add", [lo, n]), b.const([0])]), axis)
+    rank = 4 if axis == 2 else 3
+    zeros = [b.const([0] * axis), b.op("Unsqueeze", [front, b.const([0])]), b.const([0] * (rank - axis - 1)),
+             b.const([0] * axis), b.op("Unsqueeze", [back, b.const([0])]), b.const([0] * (rank - axis - 1))]
+    return b.op("Pad", [rows, b.op("Concat", zeros, axis=0)])
+
+
+def visual_blocks_gqa(b: GraphBuilder, q: str, k_all: str, v_all: str, d: dict[str, str], window: str,
+                      allowed: str, nb: str, wb: str, padq: str, heads: tuple[int, int]) -> str:
+    """Hollow attention of the visual queries as one GroupQueryAttention over blocks in the batch
+    axis: block n's query rows are the chunk's span rows ``n*Wb ..``; its past is every key before
+    the span plus block n-1, its new keys block n; ``allowed`` (bool [B,1,1,nb,Wb,a+2Wb], the exact
+    window and padding mask) becomes the attention bias. ``q`` [B, S, Hq*D] pre-scaled with RoPE;
+    ``k_all``/``v_all`` [B, Hkv, T, D]. Returns [B, len, Hq*D]."""
+    zero = b.const(0)
+    qb = _seq_rows(b, q, d["start"], d["len"], zero, padq, 1)
+    qb = b.reshape(qb, b.vec(b.const([-1]), b.op("Unsqueeze", [wb, b.const([0])]), b.dim(q, 2)))
+    a1 = b.op("Unsqueeze", [d["abs_start"], b.const([0])])
+    nb1, wb1 = b.op("Unsqueeze", [nb, b.const([0])]), b.op("Unsqueeze", [wb, b.const([0])])
+    lead = [b.dim(k_all, 0), b.dim(k_all, 1)]
+    news, pasts = [], []
+    for x in (k_all, v_all):
+        rows = _seq_rows(b, x, d["abs_start"], d["len"], wb, padq, 2)  # [B, Hkv, (nb+1)*Wb, D]
+        blocks = b.reshape(rows, b.vec(*lead, b.op("Add", [nb1, b.const([1])]), wb1, b.dim(x, 3)))
+        cur = b.op("Transpose", [b.slice(blocks, b.const([1]), b.const([2**62]), 2)], perm=[0, 2, 3, 1, 4])
+        news.append(b.reshape(cur, b.vec(b.const([-1]), wb1, b.op("Mul", [b.dim(x, 1), b.dim(x, 3)]))))
+        prev = b.slice(blocks, b.const([0]), nb1, 2)  # [B, Hkv, nb, Wb, D]
+        pre = b.op("Unsqueeze", [b.slice(x, b.const([0]), a1, 2), b.const([2])])
+        pre = b.op("Expand", [pre, b.vec(*lead, nb1, a1, b.dim(x, 3))])
+        past = b.op("Transpose", [b.op("Concat", [pre, prev], axis=3)], perm=[0, 2, 1, 3, 4])
+        pasts.append(b.reshape(past, b.vec(b.const([-1]), b.dim(x, 1), b.op("Add", [a1, wb1]), b.dim(x, 3))))
+    total = b.op("Add", [a1, b.op("Mul", [wb1, b.const([2])])])
+    neg = BIAS_NEG if b.dtype == "fp32" else -6.0e4
+    bias = b.op("Where", [allowed, b.fconst(0.0), b.fconst(neg)])
+    bias = b.reshape(bias, b.vec(b.const([-1, 1]), wb1, total))  # [B*nb, 1, Wb, a+2Wb]
+    seqlens = b.op("Cast", [b.op("Sub", [total, b.const([1])])], to=TensorProto.INT32, label="seqlens_k")
+    tl = b.op("Cast", [b.scalar(total)], to=TensorProto.INT32, label="total_sequence_length")
+    out = _scan_gqa(b, [qb, news[0], news[1], pasts[0], pasts[1], bias], seqlens, tl, heads)
+    flat = b.reshape(out, b.vec(b.dim(q, 0), b.const([-1]), b.dim(q, 2)))
+    return b.slice(flat, b.const([0]), b.op("Unsqueeze", [d["len"], b.const([0])]), 1)
+
+
+def _scan_gqa(b: GraphBuilder, blocks: list[str], seqlens: str, total: str, heads: tuple[int, int]) -> str:
+    """One GroupQueryAttention per block (``Scan`` over the leading block axis: ONNX Runtime's CPU
+    kernel takes a past only with batch 1); ``blocks`` = q, k, v, past k, past v, bias, each
+    [B*nb, ...]. Returns [B*nb, Wb, Hq*D]."""
+    name = b.node_name("Scan")
+    one = [b.op("Unsqueeze", [x, b.const([1])]) for x in blocks]  # each block is a batch of one
+    body_in = [f"{name}/body/in_{j}" for j in range(len(blocks))]
+    out = f"{name}/body/GroupQueryAttention/output_0"
+    node = helper.make_node("GroupQueryAttention", [*body_in[:5], seqlens, total, "", "", "", body_in[5]],
+                            [out, f"{name}/body/present_key", f"{name}/body/present_value"],
+                            name=f"{name}/body/GroupQueryAttention", domain=MS, num_heads=heads[0],
+                            kv_num_heads=heads[1], scale=1.0)
+    body = helper.make_graph([node], f"{name}/body",
+                             [helper.make_tensor_value_info(n, b.onnx_float, None) for n in body_in],
+                             [helper.make_tensor_value_info(out, b.onnx_float, None)])
+    y = f"{name}/output_0"
+    b.nodes.append(helper.make_node("Scan", one, [y], name=name, body=body, num_scan_inputs=len(blocks)))
+    return b.op("Squeeze", [y, b.const([1])])
+
+
+def hollow_attention(b: GraphBuilder, qkv: tuple[str, str, str], past: tuple[str, str], kv_all: tuple[str, str],
+                     span: str, window: int, key_mask: str, heads: tuple[int, int], head_dim: int,
+                     sh: FusedShared) -> str:
+    """Hollow attention with the fused kernels: [B, S, Hq*D]. Visual queries: block-local
+    GroupQueryAttention (:func:`visual_blocks_gqa`); text rows: the standard causal subgraph;
+    without a visual span (decode) the else branch is the unreduced layer's GroupQueryAttention."""
+    from rlens.export import attention as att
+
+    q, k, v = qkv
+    q4 = to_heads(b, q, heads[0], head_dim)
+    length = b.op("Gather", [span, b.const(1)], axis=0, label="span_length")
+
+    def hollow(sb: GraphBuilder) -> list[str]:
+        d = att._shape_scalars(sb, q4, kv_all[0], span, length)
+        w = sb.const(window)
+        wb = sb.op("Max", [sb.op("Min", [w, length]), sb.const(1)], label="block")
+        nb = sb.op("Div", [sb.op("Add", [length, sb.op("Sub", [wb, sb.const(1)])]), wb], label="num_blocks")
+        padq = sb.op("Sub", [sb.op("Mul", [nb, wb]), length], label="tail_pad")
+        with sb.scope("text"):
+            q5 = att.group_queries(sb, q4, kv_all[0])
+            k5, v5 = (sb.op("Unsqueeze", [x, sb.const([2])]) for x in kv_all)
+            t5 = att._text_rows(sb, q5, k5, v5, d, None, key_mask)
+            text = sb.op("Transpose", [att.ungroup(sb, t5)], perm=[0, 2, 1, 3])
+            text = sb.op("Reshape", [text, sb.const([0, 0, heads[0] * head_dim])])  # may have 0 rows
+        with sb.scope("visual"):
+            a1 = sb.op("Unsqueeze", [d["abs_start"], sb.const([0])])
+            allowed = att._visual_allowed(sb, key_mask, nb, wb, a1, w)
+            vis = visual_blocks_gqa(sb, q, kv_all[0], kv_all[1], d, w, allowed, nb, wb, padq, heads)
+        with sb.scope("merge"):
+            start1 = sb.op("Unsqueeze", [d["start"], sb.const([0])])
+            before = sb.slice(text, sb.const([0]), start1, 1)
+            after = sb.slice(text, start1, sb.const([2**62]), 1)
+            return [sb.op("Concat", [before, vis, after], axis=1)]
+
+    def dense(sb: GraphBuilder) -> list[str]:
+        return [group_query_attention(sb, q, k, v, past, heads, sh)[0]]
+
+    has_visual = b.op("Greater", [length, b.const(0)], label="has_visual")
+    return b.if_(has_visual, hollow, dense, [b.onnx_float], label="visual_if")[0]
