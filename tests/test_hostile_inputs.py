@@ -418,3 +418,22 @@ def test_engine_records_go_through_the_one_writer(tmp_path):
     assert "engines/decoder.plan" in m.files and m.path(m.engines["decoder"]["file"]).name == "decoder.plan"
     with pytest.raises(BundleError, match="not listed|not a plain"):
         m.path("../b/engines/decoder.plan")
+
+
+def test_digest_is_of_the_json_as_written(tmp_path):
+    """A manifest written before a defaulted field existed still verifies (the digest covers the
+    JSON as written, not the reader's re-serialization); any edit still breaks it."""
+    from rlens.runtime.manifest import read_manifest, root_digest
+
+    folder = tmp_path / "b"
+    _write_bundle(folder, _minimal_manifest())
+    m = json.loads((folder / "manifest.json").read_text())
+    for key in ("ops", "weights", "engines"):
+        m.pop(key, None)
+    m["digest"] = root_digest(m)
+    (folder / "manifest.json").write_text(json.dumps(m))
+    assert read_manifest(folder).ops == "standard"
+    m["source"] = "edited"
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="digest does not match"):
+        read_manifest(folder)

@@ -213,8 +213,14 @@ class Manifest:
         return schema.to_json(self)
 
     def root_digest(self) -> str:
-        body = {k: v for k, v in self.to_json().items() if k != "digest"}
-        return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode())
+        return root_digest(self.to_json())
+
+
+def root_digest(data: dict[str, Any]) -> str:
+    """sha256 of a manifest's canonical JSON (sorted keys, no spaces, ASCII) without ``digest``: of the
+    JSON as written, so a reader that knows more (defaulted) fields computes the same digest."""
+    body = {k: v for k, v in data.items() if k != "digest"}
+    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode())
 
 
 def confined(name: str) -> str:
@@ -271,7 +277,7 @@ def read_manifest(folder: str | Path, *, check_hashes: bool = True, digest: str 
     except (OSError, ValueError, RecursionError) as e:
         raise BundleError(f"cannot read {path}: {str(e)[:200]}") from None
     manifest = manifest_from_json(raw, folder)
-    if manifest.root_digest() != manifest.digest:
+    if root_digest(raw) != manifest.digest:
         raise BundleError(f"{path}: its digest does not match its content (edited or damaged); re-export the bundle")
     if digest is not None and digest != manifest.digest:
         raise BundleError(f"{path}: digest {manifest.digest} is not the expected {digest}")
