@@ -10,34 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 
-import numpy as np
-
-
-def attention_matmul_flops(model, feeds) -> int:
-    """Sum of 2*M*N*K over the attention core MatMuls, from the ORT profile of one run."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    opts.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "prof")
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    sess.run(None, feeds)
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    total = 0
-    for e in events:
-        args = e.get("args", {})
-        if e.get("cat") != "Node" or "MatMul" not in args.get("op_name", ""):
-            continue
-        name = e["name"]
-        if "/attn/" not in name or "_proj" in name or not name.endswith("_kernel_time"):
-            continue
-        a = list(args["input_type_shape"][0].values())[0]
-        out = list(args["output_type_shape"][0].values())[0]
-        total += 2 * int(np.prod(out)) * int(a[-1])
-    return total
+from rlens.export.profile import attention_matmul_flops
 
 
 def measure(preset: str = "tiny-llava", visual: int = 512, window: int = 32, text: int = 16) -> dict:

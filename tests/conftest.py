@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny presets (built once per session), a sample image, prepared inputs."""
+"""Shared session fixtures: the tiny presets with prepared inputs, and their unreduced bundles, each
+built once per session. Plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
@@ -8,12 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import logging  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from rlens.presets import PRESETS  # noqa: E402
-
-PRESET_NAMES = list(PRESETS)
+from helpers import PRESET_NAMES, sample_image  # noqa: E402
 
 
 class _Records(logging.Handler):
@@ -38,13 +36,6 @@ def transformers_log_warnings_are_errors():
         logger.removeHandler(handler)
     if handler.records:
         pytest.fail("transformers logged: " + " | ".join(r.getMessage()[:300] for r in handler.records))
-
-
-def sample_image(seed: int = 0, size: tuple[int, int] = (90, 120)):
-    from PIL import Image
-
-    rng = np.random.RandomState(seed)
-    return Image.fromarray((rng.rand(size[0], size[1], 3) * 255).astype("uint8"))
 
 
 class _Cache:
@@ -80,3 +71,40 @@ def preset(request, tmp_path_factory):
 @pytest.fixture
 def any_preset(tmp_path_factory):
     return _CACHE.get("tiny-qwen2-vl", tmp_path_factory)
+
+
+class _Bundles:
+    """Unreduced (unverified) bundles, one per preset, exported once per session."""
+
+    def __init__(self, tmp_path_factory) -> None:
+        self.factory = tmp_path_factory
+        self.made: dict = {}
+
+    def __call__(self, name: str):
+        """(loaded model, bundle path) of preset ``name``."""
+        if name not in self.made:
+            from rlens.export import ExportConfig, bundle_from_plan
+            from rlens.models import load_model
+            from rlens.plan import empty_plan
+
+            loaded = load_model(name)
+            out = self.factory.mktemp("bundles") / name
+            bundle_from_plan(loaded, empty_plan(loaded.info()), out, ExportConfig(verify=False))
+            self.made[name] = (loaded, out)
+        return self.made[name]
+
+
+@pytest.fixture(scope="session")
+def make_bundle(tmp_path_factory):
+    """``make_bundle(name) -> (loaded, path)``: the session's unreduced bundle of a preset."""
+    return _Bundles(tmp_path_factory)
+
+
+@pytest.fixture(params=PRESET_NAMES)
+def bundle(request, make_bundle):
+    return make_bundle(request.param)
+
+
+@pytest.fixture
+def qwen_bundle(make_bundle):
+    return make_bundle("tiny-qwen2-vl")[1]

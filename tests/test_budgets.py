@@ -45,3 +45,32 @@ def test_runtime_side_never_imports_torch_or_the_build_stages():
     side = [p for p in _py_files() if p.parts[-2] in ("runtime", "backends") or p.name in ("processing.py", "fileio.py")]
     bad = {str(p.relative_to(SRC)): sorted(n for n in _imports(p) if n.startswith(forbidden)) for p in side}
     assert not {k: v for k, v in bad.items() if v}, bad
+
+
+def test_tests_import_no_other_test_module_or_benchmark():
+    """Shared test code lives in conftest.py (fixtures) and helpers.py; a test never imports
+    another test module, conftest or a benchmark script (they are not an API)."""
+    tests = Path(__file__).resolve().parent
+    bad = {}
+    for p in sorted(tests.glob("*.py")):
+        names = _imports(p)
+        wrong = sorted(n for n in names if n.startswith(("test_", "conftest", "benchmarks", "tests.")))
+        text = p.read_text()
+        if p.name != Path(__file__).name and "spec_from_file_location" in text and '"benchmarks"' in text:
+            wrong.append("a benchmark script loaded by path")
+        if wrong:
+            bad[p.name] = wrong
+    assert not bad, bad
+
+
+def test_configs_and_the_cli_parser_import_nothing_heavy():
+    """rlens.configs (every stage's config) and building the CLI parser from it import neither torch,
+    transformers, onnx, onnxruntime nor numpy: `rlens --help` and the torch-free runtime stay light."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import rlens.configs; from rlens.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'onnx', 'onnxruntime', 'numpy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]", r.stdout

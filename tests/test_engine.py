@@ -134,7 +134,9 @@ def test_decoder_profiles_cover_every_input(plugin_bundle):
     assert prefill.shapes["position_ids"][2] == (3, 1, 512)  # M-RoPE rows
     assert decode.shapes["inputs_embeds"][2][1] == 1 and decode.shapes["past_key_values.0.key"][2][2] == 511
     assert decode.shapes["attention_mask"][2] == (1, 512)
-    assert vision_profile(manifest).shapes["pixel_values"][0] == (64, 1176)
+    # patches within the processor's min/max pixels (56*56 .. 224*224 -> 4 .. 256 patches of 14x14)
+    lo, _, hi = vision_profile(manifest).shapes["pixel_values"]
+    assert lo == (4, 1176) and hi == (256, 1176)
     with pytest.raises(InputError):
         decoder_profiles(manifest, max_seq=100, max_visual=100)
 
@@ -205,7 +207,7 @@ def _prefill_feeds(manifest, seq, span):
 def test_tensorrt_backend_generates_the_onnxruntime_tokens(tmp_path):
     """The runtime's tensorrt backend (engines of build-engine) gives the greedy tokens of the
     onnxruntime backend on a reduced plugin-mode bundle."""
-    from conftest import sample_image
+    from helpers import sample_image
 
     from rlens.engine import EngineConfig, engine_from_bundle
     from rlens.export import ExportConfig, bundle_from_plan

@@ -36,7 +36,7 @@ def test_bundle_every_preset(tmp_path, preset):
     assert dec["position_ids"]["shape"][0] == (3 if lm.family.rope_kind == "mrope" else "batch")
     assert [o["name"] for o in m["graphs"]["decoder"]["outputs"]][:2] == ["logits", "present.0.key"]
     assert list(tmp_path.iterdir()) == [out]  # no temporary folder left
-    assert m["visual_tokens"]["image_size"] == [int(x) for x in lm.preset.image_size]  # the traced sample size
+    assert m["vision"]["checked_sizes"][0] == [int(x) for x in lm.preset.image_size]  # the traced sample size
     want = lm.config.get_text_config().max_position_embeddings
     assert isinstance(m["model"]["max_position_embeddings"], int) and m["model"]["max_position_embeddings"] == want
 

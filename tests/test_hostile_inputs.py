@@ -159,7 +159,7 @@ def _minimal_manifest() -> dict:
             "dtype": "fp32", "attention": "portable", "opset": 18,
             "model": {"num_layers": 2, "hidden_size": 8, "intermediate_size": 16, "num_heads": 2,
                       "num_kv_heads": 1, "head_dim": 4, "vocab_size": 50},
-            "tokens": {"visual_token_ids": [3]}, "visual_tokens": {},
+            "tokens": {"visual_token_ids": [3]},
             "graphs": {g: {"files": [f"{g}.onnx"], "inputs": [io], "outputs": [io]} for g in ("decoder", "embed_tokens")},
             "plan": {"summary": "", "ffn_mode": "static", "ffn_probes": 64, "hollow_layers": [], "ffn_layers": []}}
 
@@ -175,7 +175,14 @@ def _write_bundle(folder: Path, body: dict) -> None:
 
 @pytest.mark.parametrize("path, value, message", [
     ("model.num_layers", "x", "expected int"), ("model.num_layers", 0, "out of range"),
-    ("model.hidden_size", 10 ** 400, "out of range"), ("visual_tokens.image_size", [30000, 30000], "out of range"),
+    ("model.hidden_size", 10 ** 400, "out of range"),
+    ("vision", {"checked_sizes": [[30000, 30000]]}, "out of range"), ("vision", {"max_image_pixels": 0}, "out of range"),
+    ("vision", {"axes": {"patches": [5, 2]}}, "must be \\[min, max\\]"),
+    ("vision", {"bounds": {"min_pixels": 9, "max_pixels": 4}}, "is over max_pixels"),
+    ("vision", {}, "exactly when graphs.vision"),
+    ("verification", {"tolerance": 1e-4, "max_abs_diff": {"decoder": 0.5}}, "over the tolerance"),
+    ("verification", {"tolerance": 1e-4, "max_abs_diff": {}, "decoder_inputs": {"sequence": 4, "visual_start": 3,
+                      "visual_length": 9, "decode_steps": 1}}, "ends after the sequence"),
     ("tokens.visual_token_ids", [-1], "out of range"), ("dtype", "fp64", "not one of"),
     ("graphs.decoder.files", ["../x.onnx"], "not a plain path"), ("graphs.decoder.files", ["/etc/x"], "not a plain"),
     ("model.surprise", 1, "unknown field"), ("version", 1, "version 1"),
@@ -272,7 +279,10 @@ def processor(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("proc")
     save_processor_files(get_preset("tiny-qwen2-vl"), folder)
-    return Processor(folder, family_by_name("qwen2-vl"), None)
+    from tokenizers import Tokenizer
+
+    pad = Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id("<|image_pad|>")
+    return Processor(folder, family_by_name("qwen2-vl"), None, visual_token_ids=(pad,))
 
 
 def test_user_text_cannot_inject_special_tokens(processor):
@@ -315,7 +325,28 @@ FLAGS = {"run": ["--seed", "--temperature", "--top-p", "--max-new-tokens", "--th
          "bench": ["--visual-tokens", "--text-tokens", "--decode-tokens", "--repeat", "--threads"],
          "calibrate": ["--window", "--probes", "--ffn-keep", "--budget", "--max-samples", "--greedy-cache", "--fastv",
                        "--vtw", "--seed", "--greedy-rounds", "--vtw-eta", "--visual-tokens"],
-         "export": ["--opset", "--tolerance"], "inspect": ["--visual-tokens", "--text-tokens", "--text-before"]}
+         "export": ["--opset", "--tolerance", "--max-pixels", "--max-tiles", "--weights-block"], "inspect": ["--visual-tokens", "--text-tokens", "--text-before"]}
+
+
+def test_every_numeric_flag_is_bounded():
+    """Every int/float flag of every command (config-derived or not) has a range in cli/checks.py."""
+    import argparse
+
+    from rlens.cli.checks import RANGES
+    from rlens.cli.main import build_parser
+    from rlens.cli.one_step import build_parser as one_step_parser
+
+    def numeric(p):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sp in a.choices.values():
+                    yield from numeric(sp)
+            elif a.type in (int, float):
+                yield a.dest
+
+    dests = set(numeric(build_parser())) | set(numeric(one_step_parser()))
+    assert dests and not dests - set(RANGES), sorted(dests - set(RANGES))
+    assert not set(RANGES) - dests, f"ranges for flags that no longer exist: {sorted(set(RANGES) - dests)}"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -46,6 +46,7 @@ def cmake_build(build: Path, *args: str, targets: tuple[str, ...] = ()) -> str:
     return configure.stdout + configure.stderr
 
 
+@pytest.mark.slow
 @needs_nvcc
 @pytest.mark.parametrize("arch", ["87", "90"])
 def test_kernel_compiles_for_arch(arch, tmp_path):
@@ -61,6 +62,7 @@ def test_kernel_compiles_for_arch(arch, tmp_path):
     assert "spill" not in proc.stderr.lower(), proc.stderr
 
 
+@pytest.mark.slow
 @needs_cmake
 def test_cmake_without_tensorrt_builds_kernel_library_only(tmp_path):
     args = ["-DTensorRT_ROOT=" + str(tmp_path / "no-tensorrt"),

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import rlens.plugins as plugins
@@ -68,11 +69,17 @@ def test_cpp_io_dtypes_match_spec():
 
 
 def test_make_node_attributes():
+    """The node DESIGN.md §5.1 specifies, written out (not read back from the spec): attributes
+    plugin_namespace="rlens", plugin_version="1", window, num_heads, num_kv_heads, head_dim, scale,
+    with ONNX-serializable Python types (int attributes ints, the scale a float)."""
     attrs = make_node_attributes(window=256, num_heads=28, num_kv_heads=4, head_dim=128, scale=128**-0.5)
-    assert list(attrs) == [a.name for a in HOLLOW_ATTENTION.attributes]
-    assert attrs["plugin_namespace"] == "rlens" and attrs["plugin_version"] == "1"
-    assert attrs["window"] == 256 and isinstance(attrs["scale"], float)
-    assert set(FIELD_NAMES) == set(attrs) - {"plugin_namespace", "plugin_version"}
+    assert attrs == {"plugin_namespace": "rlens", "plugin_version": "1", "window": 256, "num_heads": 28,
+                     "num_kv_heads": 4, "head_dim": 128, "scale": 128**-0.5}
+    assert [type(attrs[k]) for k in ("window", "num_heads", "num_kv_heads", "head_dim", "scale")] == [int] * 4 + [float]
+    node = onnx.helper.make_node("HollowAttention", ["q", "k", "v", "visual_span"], ["out"], domain="rlens", **attrs)
+    got = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert got["plugin_namespace"] == b"rlens" and got["plugin_version"] == b"1" and got["window"] == 256
+    assert [a.type for a in node.attribute if a.name == "scale"] == [onnx.AttributeProto.FLOAT]
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,6 +25,7 @@ def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
     assert cmds[1] in ci, "CI must run the README's test command as written"
 
 
+@pytest.mark.slow
 def test_main_job_command_runs():
     import json
     import os

@@ -9,66 +9,29 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import PRESET_NAMES, sample_image
+from helpers import hf_greedy, sample_image, until_eos
 from rlens.errors import BundleError, InputError
 from rlens.runtime import BackendError, Session
 
 PROMPT = "What is in the image?"
-_BUNDLES: dict[str, object] = {}
-
-
-def make_bundle(name: str, tmp_path_factory):
-    """(loaded model, unreduced bundle path), built once per preset per session."""
-    if name not in _BUNDLES:
-        from rlens.export import ExportConfig, bundle_from_plan
-        from rlens.models import load_model
-        from rlens.plan import empty_plan
-
-        loaded = load_model(name)
-        out = tmp_path_factory.mktemp("bundles") / name
-        bundle_from_plan(loaded, empty_plan(loaded.info()), out, ExportConfig(verify=False))
-        _BUNDLES[name] = (loaded, out)
-    return _BUNDLES[name]
-
-
-@pytest.fixture(params=PRESET_NAMES)
-def bundle(request, tmp_path_factory):
-    return make_bundle(request.param, tmp_path_factory)
-
-
-@pytest.fixture
-def qwen_bundle(tmp_path_factory):
-    return make_bundle("tiny-qwen2-vl", tmp_path_factory)[1]
-
-
-def hf_greedy(loaded, prompt, max_new_tokens: int, eos: int) -> list[int]:
-    """Hugging Face ``generate`` (greedy) on exactly the runtime's input ids and pixels."""
-    import torch
-
-    proc = {k: v for k, v in prompt.pixels.processed.items() if k != "num_patches"}
-    inputs = {"input_ids": prompt.input_ids, **loaded.family.extra_text_inputs(prompt.input_ids, loaded.config),
-              **proc}
-    inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
-    with torch.no_grad():
-        out = loaded.model.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]),
-                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                    pad_token_id=eos)
-    return out[0, prompt.input_ids.shape[1]:].tolist()
-
-
-def until_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
+SIZES = [(90, 120), (200, 60), (150, 220)]  # (height, width): landscape, tall, large
 
 
 def test_greedy_matches_hugging_face_generate(bundle):
+    """One bundle, three image sizes / aspect ratios: Hugging Face's greedy tokens each time."""
     loaded, path = bundle
+    counts = []
     with Session.from_bundle(path) as sess:
-        prompt = sess.prepare(sample_image(), PROMPT)
-        got = list(sess.generate_ids(prompt, 16))
         eos = int(sess.manifest.eos_token_id)
-    want = until_eos(hf_greedy(loaded, prompt, 16, eos), eos)
-    assert got == want
-    assert len(got) == 16 or got[-1] == eos
+        for i, size in enumerate(SIZES):
+            prompt = sess.prepare(sample_image(seed=i, size=size), PROMPT)
+            got = list(sess.generate_ids(prompt, 16))
+            want = until_eos(hf_greedy(loaded, prompt, 16, eos), eos)
+            assert got == want, size
+            assert len(got) == 16 or got[-1] == eos
+            counts.append(prompt.tokens.span[1])
+    if loaded.family.vision_dynamic_axes:  # dynamic resolution / tiling: the image size shows
+        assert len(set(counts)) == len(SIZES), counts
 
 
 def test_generate_text_stream_and_stats(qwen_bundle):
@@ -78,7 +41,8 @@ def test_generate_text_stream_and_stats(qwen_bundle):
         pieces = list(stream)
         assert "".join(pieces) == stream.text == text
         st = stream.stats
-        assert st.new_tokens == len(stream.ids) and st.visual_tokens == 16 and st.ttft_s > 0
+        # 90x120 -> smart_resize 84x112 -> 6x8 patches -> 3x4 merged tokens
+        assert st.new_tokens == len(stream.ids) and st.visual_tokens == 12 and st.ttft_s > 0
 
 
 def test_sampling_is_seeded(qwen_bundle):
@@ -93,11 +57,14 @@ def test_sampling_is_seeded(qwen_bundle):
         assert run(3) != run(4) or run(3) != run(5)
 
 
-def test_non_square_image_is_fitted_to_the_traced_grid(qwen_bundle):
+def test_image_keeps_its_own_grid(qwen_bundle):
+    """A 60x200 image is resized within min/max pixels as Qwen2-VL's processor does (56x196: 4x14
+    patches, 2x7 merged), not squeezed to the size vision.onnx was traced at (112x112)."""
     with Session.from_bundle(qwen_bundle) as sess:
         prompt = sess.prepare(sample_image(size=(60, 200)), PROMPT)
-        assert prompt.pixels.resized_to is not None
-        assert prompt.pixels.grid == (1, 4, 4) and prompt.tokens.span[1] == 16
+        assert prompt.pixels.grid == (1, 2, 7) and prompt.tokens.span[1] == 14 == prompt.features.shape[0]
+        bounds = sess.manifest.raw["vision"]["bounds"]
+        assert bounds == {"min_pixels": 56 * 56, "max_pixels": 224 * 224}
 
 
 def _copy(src, tmp_path):

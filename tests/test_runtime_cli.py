@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import sample_image
-from test_runtime import make_bundle
+from helpers import sample_image
 
 RUNTIME = Path(__file__).resolve().parents[1] / "src" / "rlens" / "runtime"
 CLI_FILES = [RUNTIME.parent / "cli" / "run_cmd.py", RUNTIME.parent / "cli" / "bench_cmd.py"]
@@ -64,8 +63,8 @@ def rlens_cli(*argv: str, block_torch: bool = True) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def qwen(tmp_path_factory):
-    loaded, path = make_bundle("tiny-qwen2-vl", tmp_path_factory)
+def qwen(tmp_path_factory, make_bundle):
+    loaded, path = make_bundle("tiny-qwen2-vl")
     image = tmp_path_factory.mktemp("img") / "photo.png"
     sample_image(size=(90, 120)).save(image)
     return path, image
@@ -167,6 +166,7 @@ def test_mrope_positions_match_hugging_face(any_preset, grid):
     assert next_position(got) == ids.shape[1] + int(deltas[0, 0])
 
 
+@pytest.mark.slow
 def test_rlens_main_runs_a_bundle_with_torch_blocked(qwen):
     from rlens.cli.main import build_parser
 

@@ -40,6 +40,7 @@ def test_config_checks():
         CalibrationConfig(vtw="sometimes")
 
 
+@pytest.mark.slow
 def test_fastv_greedy_plan_carries_pruning_and_steps_equal_uncached():
     loaded = _loaded("tiny-llava")
     cfg = CalibrationConfig(ranking="greedy", fastv=(2, 0.5), **FAST)
@@ -56,6 +57,7 @@ def test_fastv_greedy_plan_carries_pruning_and_steps_equal_uncached():
         assert driver.divergence(builder.plan(r.order[:k], r.order[:k])) == pytest.approx(r.steps[k - 1], abs=1e-7)
 
 
+@pytest.mark.slow
 def test_withdrawal_divergence_is_vtw_kl_from_a_full_forward():
     """The cached criterion equals KL(P_withdrawn || P_full) computed from complete HF forwards."""
     loaded = _loaded("tiny-qwen2-vl")
@@ -77,6 +79,7 @@ def test_withdrawal_divergence_is_vtw_kl_from_a_full_forward():
     assert got == pytest.approx(total / len(encoded), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_vtw_auto_picks_first_layer_under_eta():
     loaded = _loaded("tiny-qwen2-vl")
     driver = _driver(loaded, 2)
@@ -106,6 +109,7 @@ def test_with_token_pruning_meets_a_budget():
         Plan(model=base.model, layers=base.layers, token_pruning=fastv), sizes, layout).ratio
 
 
+@pytest.mark.slow
 def test_cli_calibrate_fastv_and_inspect(tmp_path):
     import subprocess
     import sys

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import ort_session as session
 
 from rlens.export import ExportConfig, bundle_from_plan
 from rlens.export.decoder import decoder_model, geometry
@@ -43,15 +44,13 @@ def plans(info):
         "combined_dynamic": Plan(model=info, layers=dyn, ffn_mode="dynamic", ffn_probes=4,
                                  token_pruning=TokenPruning("fastv", 2, 0.6)),
         "combined_vtw": Plan(model=info, layers=rl, token_pruning=TokenPruning("vtw", 3)),
+        "combined_vtw_dynamic": Plan(model=info, layers=dyn, ffn_mode="dynamic", ffn_probes=4,
+                                     token_pruning=TokenPruning("vtw", 2)),
     }
 
 
-def session(model):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
 @pytest.mark.parametrize("kind", ["fastv", "vtw", "redundancylens", "combined_fastv", "combined_dynamic",
-                                  "combined_vtw"])
+                                  "combined_vtw", "combined_vtw_dynamic"])
 def test_pruned_decoder_matches_reference(loaded, kind):
     plan = plans(loaded.info())[kind]
     cmp = check_decoder(session(decoder_model(loaded, plan)), loaded, plan, geometry(loaded), steps=3)

@@ -126,6 +126,9 @@ def _load_directory(path: Path, trust_remote_code: bool, dtype: str, placement: 
 
     if not (path / "config.json").is_file():
         raise ModelError(f"{path} has no config.json (expected a save_pretrained directory)")
+    converted = _load_converted(path, dtype)
+    if converted is not None:
+        return converted
     config = _auto_config(path, trust_remote_code)
     fam = family_for_config(config)
     if not any(p.suffix == ".safetensors" for p in path.iterdir()):
@@ -142,6 +145,24 @@ def _load_directory(path: Path, trust_remote_code: bool, dtype: str, placement: 
         raise ModelError(f"cannot load the weights in {path}: {type(e).__name__}: {str(e)[:300]}") from None
     fam.check_supported(model)
     return LoadedModel(model=model.eval(), family=fam, source=str(path))
+
+
+def _load_converted(path: Path, dtype: str) -> LoadedModel | None:
+    """Checkpoint layouts converted on load to native transformers classes (no remote code)."""
+    import torch
+
+    from rlens.families import internvl_opengvlab
+
+    raw = json.loads((path / "config.json").read_text())
+    if not internvl_opengvlab.is_opengvlab(raw):
+        return None
+    if dtype == "auto":  # the checkpoint's own dtype, as for native directories
+        own = str(raw.get("torch_dtype") or raw.get("dtype") or "float32")
+        dtype = {v: k for k, v in DTYPES.items()}.get(own, "fp32")
+    model = internvl_opengvlab.load_opengvlab(path, getattr(torch, DTYPES[dtype]))
+    fam = family_for_config(model.config)
+    fam.check_supported(model)
+    return LoadedModel(model=model, family=fam, source=str(path))
 
 
 def model_info(model: Any, family: type[Family]) -> ModelInfo:

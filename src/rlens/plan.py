@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from rlens.errors import PlanError
+from rlens.pruning import PRUNING_METHODS
 
 FORMAT = "rlens.plan"
 VERSION = 1
 FFN_MODES = ("static", "dynamic")
-PRUNING_METHODS = ("fastv", "vtw")
 DEFAULT_VTW_ETA = 0.003
 MAX_PLAN_BYTES = 256 << 20
 
@@ -68,11 +68,11 @@ def kept_visual_tokens(n_visual: int, ratio: float) -> int:
 @dataclass(frozen=True)
 class TokenPruning:
     """Visual-token pruning in prefill (docs/token_pruning.md). ``layer`` = K is the first decoder
-    layer that sees the reduced token set (K layers run on every token, as FastV counts them):
-
-    - ``fastv``: layer K-1's last-query attention (head-averaged) ranks the visual tokens; layers
-      K.. keep the top ``N_v - floor(ratio * N_v)`` (ties: lower index), in their original order.
-    - ``vtw``: layers K.. see no visual token (``ratio`` is 1 by definition).
+    layer that sees the reduced token set (K layers run on every token, as FastV counts them);
+    layers K.. keep ``N_v - floor(ratio * N_v)`` visual tokens, in their original order. What
+    differs per ``method`` (:data:`rlens.pruning.PRUNING_METHODS`): whether layer K-1's
+    head-averaged last-query attention ranks the tokens (FastV; ties: lower index) or none is
+    kept (VTW, ``ratio`` 1 by definition).
 
     ``layer == num_layers`` prunes nothing (VTW found no layer under ``eta``)."""
 
@@ -85,20 +85,18 @@ class TokenPruning:
 
     @property
     def score_layer(self) -> int | None:
-        """The layer whose attention ranks the visual tokens (FastV only)."""
-        return self.layer - 1 if self.method == "fastv" else None
+        """The layer whose attention ranks the visual tokens (None: the method ranks none)."""
+        return self.layer - 1 if PRUNING_METHODS[self.method].ranks_tokens else None
 
     def kept(self, n_visual: int) -> int:
-        return 0 if self.method == "vtw" else kept_visual_tokens(n_visual, self.ratio)
+        return kept_visual_tokens(n_visual, self.ratio)
 
     def describe(self) -> str:
-        if self.method == "fastv":
-            return f"FastV K={self.layer} R={self.ratio:g}"
-        return f"VTW from layer {self.layer}"
+        return PRUNING_METHODS[self.method].describe(self)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"method": self.method, "layer": self.layer}
-        if self.method == "fastv":
+        if PRUNING_METHODS[self.method].fixed_ratio is None:
             d["ratio"] = self.ratio
         for name in ("eta", "chosen_by", "divergence"):
             if getattr(self, name) is not None:
@@ -353,15 +351,16 @@ def _token_pruning(p: _Reader, raw: Any, num_layers: int) -> TokenPruning | None
     extra = set(raw) - {"method", "layer", "ratio", "eta", "chosen_by", "divergence"}
     p.require(not extra, f"{where} has unknown keys {sorted(extra)}")
     method = raw.get("method")
-    p.require(method in PRUNING_METHODS, f"{where}.method must be one of {PRUNING_METHODS}, got {method!r}")
-    lo = 1 if method == "fastv" else 0  # FastV ranks with the layer before K
-    layer = p.integer(raw.get("layer"), f"{where}.layer", lo=lo, hi=num_layers)
-    if method == "fastv":
-        p.require("ratio" in raw, f"{where}: fastv needs 'ratio' (share of visual tokens dropped)")
+    p.require(method in PRUNING_METHODS, f"{where}.method must be one of {tuple(PRUNING_METHODS)}, got {method!r}")
+    spec = PRUNING_METHODS[method]
+    layer = p.integer(raw.get("layer"), f"{where}.layer", lo=spec.min_layer, hi=num_layers)  # K-1 ranks
+    if spec.fixed_ratio is None:
+        p.require("ratio" in raw, f"{where}: {method} needs 'ratio' (share of visual tokens dropped)")
         ratio = _number(p, raw["ratio"], f"{where}.ratio", 0.0, 1.0)
     else:
-        p.require(raw.get("ratio", 1.0) == 1.0, f"{where}: vtw drops every visual token (no 'ratio')")
-        ratio = 1.0
+        p.require(raw.get("ratio", spec.fixed_ratio) == spec.fixed_ratio,
+                  f"{where}: {method} drops a fixed share {spec.fixed_ratio:g} of the visual tokens (no 'ratio')")
+        ratio = spec.fixed_ratio
     eta = raw.get("eta")
     if eta is not None:
         eta = _number(p, eta, f"{where}.eta", 0.0, math.inf)

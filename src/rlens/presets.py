@@ -28,7 +28,7 @@ _QWEN_TEMPLATE = (
     "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-_CHATML_IMAGE_TEMPLATE = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n")
+_INTERNVL_TEMPLATE = _QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
 _LLAVA_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
@@ -55,6 +55,10 @@ class Preset:
     image_processor: str
     image_processor_kwargs: dict[str, Any] = field(default_factory=dict)
     image_size: tuple[int, int] = (112, 112)
+    #: processor_config.json (``processor_class`` + the processor's own options) and extra
+    #: tokenizer_config.json entries, as the family's Hugging Face checkpoints ship them
+    processor_config: dict[str, Any] = field(default_factory=dict)
+    tokenizer_config: dict[str, Any] = field(default_factory=dict)
 
     def token_id(self, token: str) -> int:
         return 256 + self.specials.index(token)
@@ -68,9 +72,11 @@ def _qwen(name: str, family: str, cls: str, vision: dict[str, Any]) -> Preset:
                video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                vision_end_token_id=ids["<|vision_end|>"], bos_token_id=ids["<|endoftext|>"],
                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    processor = "Qwen2VLProcessor" if family == "qwen2-vl" else "Qwen2_5_VLProcessor"
     return Preset(name, family, cls, cfg, sp, "<|im_end|>", _QWEN_TEMPLATE, "Qwen2VLImageProcessorPil",
-                  {"min_pixels": 112 * 112, "max_pixels": 112 * 112, "patch_size": 14,
-                   "merge_size": 2, "temporal_patch_size": 2})
+                  {"min_pixels": 56 * 56, "max_pixels": 224 * 224, "patch_size": 14,
+                   "merge_size": 2, "temporal_patch_size": 2},
+                  processor_config={"processor_class": processor})
 
 
 def _presets() -> dict[str, Preset]:
@@ -80,7 +86,8 @@ def _presets() -> dict[str, Preset]:
                 patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                 fullatt_block_indexes=[1])
     llava_sp = ["<s>", "</s>", "<unk>", "<image>", "<pad>"]
-    intern_sp = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<image>"]
+    intern_sp = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<image>",
+                 "<video>"]
     idef_sp = ["<|begin_of_text|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
                "<image>", "<global-img>", "<|finetune_right_pad_id|>"]
     clip = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -95,7 +102,10 @@ def _presets() -> dict[str, Preset]:
                     vision_feature_layer=-2, vision_feature_select_strategy="default",
                     image_seq_length=16, pad_token_id=260),
                llava_sp, "</s>", _LLAVA_TEMPLATE, "CLIPImageProcessorPil",
-               {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}}, (56, 56)),
+               {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}}, (56, 56),
+               processor_config={"processor_class": "LlavaProcessor", "patch_size": 14, "image_token": "<image>",
+                                 "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
+               tokenizer_config={"bos_token": "<s>"}),
         Preset("tiny-internvl", "internvl", "InternVLConfig",
                dict(text_config=dict(_TEXT, model_type="qwen2", bos_token_id=256, eos_token_id=258,
                                      pad_token_id=256),
@@ -103,8 +113,12 @@ def _presets() -> dict[str, Preset]:
                                        num_attention_heads=2, image_size=[112, 112], patch_size=[14, 14]),
                     image_token_id=261, image_seq_length=16, downsample_ratio=0.5,
                     vision_feature_layer=-1, tie_word_embeddings=False),
-               intern_sp, "<|im_end|>", _CHATML_IMAGE_TEMPLATE, "GotOcr2ImageProcessorPil",
-               {"size": {"height": 112, "width": 112}, "crop_to_patches": False}),
+               intern_sp, "<|im_end|>", _INTERNVL_TEMPLATE, "GotOcr2ImageProcessorPil",
+               {"size": {"height": 112, "width": 112}, "crop_to_patches": False, "min_patches": 1, "max_patches": 4},
+               processor_config={"processor_class": "InternVLProcessor", "image_seq_length": 16},
+               tokenizer_config={"extra_special_tokens": {
+                   "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                   "video_token": "<video>"}}),
         Preset("tiny-idefics3", "idefics3", "Idefics3Config",
                dict(text_config=dict(_TEXT, model_type="llama", bos_token_id=256, eos_token_id=258,
                                      pad_token_id=262),
@@ -113,7 +127,8 @@ def _presets() -> dict[str, Preset]:
                     image_token_id=260, scale_factor=2, pad_token_id=262),
                idef_sp, "<end_of_utterance>", _IDEFICS_TEMPLATE, "Idefics3ImageProcessorPil",
                {"do_image_splitting": False, "size": {"longest_edge": 128},
-                "max_image_size": {"longest_edge": 128}}, (128, 128)),
+                "max_image_size": {"longest_edge": 128}}, (128, 128),
+               processor_config={"processor_class": "Idefics3Processor", "image_seq_len": 16}),
     ]
     return {p.name: p for p in out}
 
@@ -172,6 +187,11 @@ def build_tokenizer_json(preset: Preset) -> str:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(preset.specials)
+    bos = preset.tokenizer_config.get("bos_token")
+    if bos:  # Llama-style: the tokenizer puts BOS before every encoded text
+        from tokenizers.processors import TemplateProcessing
+
+        tok.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, preset.token_id(bos))])
     return tok.to_str()
 
 
@@ -189,8 +209,10 @@ def save_processor_files(preset: Preset, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "tokenizer.json").write_text(build_tokenizer_json(preset))
     tcfg = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": preset.eos,
-            "model_max_length": 2048, "clean_up_tokenization_spaces": False}
+            "model_max_length": 2048, "clean_up_tokenization_spaces": False, **preset.tokenizer_config}
     (out / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2) + "\n")
+    if preset.processor_config:
+        (out / "processor_config.json").write_text(json.dumps(preset.processor_config, indent=2) + "\n")
     (out / "chat_template.jinja").write_text(preset.chat_template)
     proc = getattr(transformers, preset.image_processor)(**preset.image_processor_kwargs)
     proc.save_pretrained(str(out))

@@ -1,6 +1,7 @@
 """Prompt + image -> model inputs, from a folder of processor files. Numpy only (no torch), so
-the runtime shares it: tokenizers for text, jinja2 for the chat template, the transformers
-``*ImageProcessorPil`` classes (PIL + numpy) for pixels.
+the runtime shares it: tokenizers for text, jinja2 for the chat template, ``rlens.imageproc``
+(numpy + PIL) for pixels. tests/test_processor_parity.py checks the result against Hugging Face's
+processor classes built from the same files.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from rlens.errors import InputError, ModelError
 from rlens.families.base import Family, expand_image_marker
 
-DEFAULT_MAX_IMAGE_PIXELS = 1 << 25  # the runtime takes a bundle's own budget (manifest visual_tokens)
+DEFAULT_MAX_IMAGE_PIXELS = 1 << 25  # the runtime takes a bundle's own budget (manifest vision)
 MAX_PROMPT_CHARS = 1 << 20
 
 
@@ -36,7 +37,16 @@ class Prepared:
 
 
 class Processor:
-    def __init__(self, folder: Path, family: type[Family], config: Any) -> None:
+    """The checkpoint's own processor files: tokenizer, chat template, image processor.
+
+    The image token is the tokenizer's string for the model's image token id (``visual_token_ids``,
+    from the config or the bundle's manifest), so a checkpoint whose processor uses another image
+    token is followed; the tokens around the visual block come from the tokenizer config's
+    special tokens where it names them (InternVL's ``start_image_token``/``end_image_token``).
+    """
+
+    def __init__(self, folder: Path, family: type[Family], config: Any,
+                 visual_token_ids: tuple[int, ...] | None = None) -> None:
         from tokenizers import Tokenizer
 
         self.folder = Path(folder)
@@ -54,9 +64,17 @@ class Processor:
         self._image_processor: Any = None
         self._lock = threading.RLock()  # the tokenizer's encode_special_tokens flag and lazy loading
         tcfg = _read_json(self.folder / "tokenizer_config.json")
-        eos = tcfg.get("eos_token")
-        eos = eos.get("content") if isinstance(eos, dict) else eos
+        eos = _content(tcfg.get("eos_token"))
         self.eos_token_id = self.tokenizer.token_to_id(eos) if isinstance(eos, str) and eos else None
+        bos = _content(tcfg.get("bos_token"))
+        self.bos_token = bos if isinstance(bos, str) and bos else None
+        ids = visual_token_ids or family.visual_token_ids(config)
+        self.image_token = self.tokenizer.id_to_token(int(ids[0]))
+        if self.image_token is None:
+            raise ModelError(f"{self.folder}: the tokenizer has no token for the image token id {ids[0]}")
+        specials = tcfg.get("extra_special_tokens")
+        specials = {k: _content(v) for k, v in specials.items()} if isinstance(specials, dict) else {}
+        self.specials = {**family.expansion_tokens, **{k: v for k, v in specials.items() if isinstance(v, str)}}
 
     @property
     def image_processor(self) -> Any:
@@ -69,9 +87,10 @@ class Processor:
             return self._image_processor
 
     def process_image(self, image: Any) -> dict[str, np.ndarray]:
-        """The image processor's outputs (numpy); its refusals (e.g. aspect ratio) as :class:`InputError`."""
+        """The image processor's outputs for one image (numpy), called as the model's processor calls it;
+        its refusals (e.g. aspect ratio) as :class:`InputError`."""
         try:
-            out = self.image_processor(images=[image], return_tensors="np")
+            out = self.image_processor(images=[image], return_tensors="np", **self.family.image_call_kwargs)
         except (ValueError, ZeroDivisionError, OverflowError) as e:
             size = getattr(image, "size", None)
             raise InputError(f"the image processor cannot take this image ({size[0]}x{size[1]}): {e}"
@@ -98,12 +117,13 @@ class Processor:
             raise ModelError(f"the chat template in {self.folder} fails: {type(e).__name__}: {str(e)[:200]}") from None
 
     def encode_prompt(self, prompt: str, n_visual: int) -> tuple[np.ndarray, str]:
-        """``input_ids`` [1, S] of the chat prompt with the image block expanded, and its text.
+        """``input_ids`` [1, S] of the chat prompt with the image slot expanded to ``n_visual``, and its text.
 
-        The user's text is always text: a special or added token written in it (``<|im_end|>``,
-        an image marker) is encoded as the characters it is made of, never as that token (as
-        transformers' ``split_special_tokens``). Without such strings the ids are exactly those of
-        encoding the whole rendered prompt.
+        As Hugging Face's processor does, the tokenizer adds its special tokens (e.g. a BOS) unless
+        the rendered text already starts with the BOS token. The user's text is always text: a
+        special or added token written in it (``<|im_end|>``, an image marker) is encoded as the
+        characters it is made of, never as that token (as transformers' ``split_special_tokens``).
+        Without such strings the ids are exactly those of encoding the whole rendered prompt.
         """
         check_prompt(prompt)
         sentinel = f"\ue000{secrets.token_hex(8)}\ue001"
@@ -115,14 +135,27 @@ class Processor:
         user = prompt
         if real.startswith(raw_before) and real.endswith(raw_after) and len(real) >= len(raw_before) + len(raw_after):
             user = real[len(raw_before):len(real) - len(raw_after)]
-        before, after = expand_image_marker(self.family, rendered, n_visual).split(sentinel)
+        expanded = expand_image_marker(rendered, self.image_token, n_visual, self.family.image_expansion, self.specials)
+        before, after = expanded.split(sentinel)
         text = before + user + after
+        add = not (self.bos_token and text.startswith(self.bos_token))
         with self._lock:
             if not any(t in user for t in self._added_tokens()):
-                return np.asarray([self.tokenizer.encode(text, add_special_tokens=False).ids], dtype=np.int64), text
+                return np.asarray([self.tokenizer.encode(text, add_special_tokens=add).ids], dtype=np.int64), text
             ids = self.tokenizer.encode(before, add_special_tokens=False).ids + self.encode_text(user)
             ids += self.tokenizer.encode(after, add_special_tokens=False).ids
+            ids = self._with_special_tokens(text, ids) if add else ids
         return np.asarray([ids], dtype=np.int64), text
+
+    encode = encode_prompt
+
+    def _with_special_tokens(self, text: str, ids: list[int]) -> list[int]:
+        """``ids`` wrapped in the tokens the tokenizer's post-processor adds around ``text`` (BOS/EOS)."""
+        enc = self.tokenizer.encode(text, add_special_tokens=True)
+        seq = enc.sequence_ids
+        head = next((i for i, s in enumerate(seq) if s is not None), len(seq))
+        tail = next((i for i, s in enumerate(reversed(seq)) if s is not None), 0)
+        return enc.ids[:head] + ids + (enc.ids[len(enc.ids) - tail:] if tail else [])
 
     def encode_text(self, text: str) -> list[int]:
         """Token ids of ``text`` as plain text: special/added token strings in it stay characters."""
@@ -146,7 +179,7 @@ class Processor:
         if span.length != n_visual:
             raise InputError(f"expected {n_visual} visual tokens in the prompt, found {span.length}")
         extra = self.family.extra_text_inputs(ids, self.config)
-        return Prepared(ids, {k: np.asarray(v) for k, v in vision.items()}, extra, span.as_tuple(), text)
+        return Prepared(ids, vision, extra, span.as_tuple(), text)
 
     def model_inputs(self, prepared: Prepared) -> dict[str, np.ndarray]:
         """The keyword arguments of the Hugging Face model's forward (numpy)."""
@@ -233,7 +266,7 @@ def _check_pixels(size: tuple[int, int], limit: int, name: str) -> None:
     w, h = size
     if w < 1 or h < 1 or w * h > limit:
         raise InputError(f"{name} is {w}x{h} = {w * h / 1e6:.1f} MP, over the image budget of {limit / 1e6:.1f} MP "
-                         "(manifest visual_tokens.max_image_pixels); downscale it first")
+                         "(manifest vision.max_image_pixels); downscale it first")
 
 
 def _to_rgb(im: Any) -> Any:
@@ -248,6 +281,11 @@ def _to_rgb(im: Any) -> Any:
             a = a / 257.0
         im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
     return im.convert("RGB")
+
+
+def _content(token: Any) -> Any:
+    """A special token's string (tokenizer configs store either the string or an AddedToken dict)."""
+    return token.get("content") if isinstance(token, dict) else token
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from rlens.errors import InputError
 from rlens.families.base import Family
 from rlens.flops import Sizes, TokenLayout, flops_summary, plan_flops
 from rlens.plan import LayerPlan, ModelInfo, Plan, Ranking, TokenPruning, ffn_keep_for
+from rlens.pruning import PRUNING_METHODS
 from rlens.reference.ffn import top_k_lower_index_first
 
 Data = Sequence[CalibrationSample] | str | os.PathLike[str] | None
@@ -53,12 +54,13 @@ def plan_from_encoded(model: Any, family: type[Family], info: ModelInfo, encoded
     layout = token_layout(encoded, config)
     builder = PlanBuilder(info, config)
     builder.pruning = fixed_token_pruning(config, info.num_layers)
-    if config.vtw != "auto":
+    later = _chosen_after_capture(config, builder.pruning)
+    if later is None:
         chosen = layers_to_reduce(builder, sizes, layout, config)  # fails early on an unreachable budget
     driver = Driver(model, family, config.probes, config.cache_device, config.progress)
     driver.capture(encoded, config.batch_size)
-    if config.vtw == "auto":
-        builder.pruning = choose_vtw_layer(driver, config)
+    if later is not None:
+        builder.pruning = TokenPruning(later, **PRUNING_METHODS[later].choose(driver, config))
         chosen = layers_to_reduce(builder, sizes, layout, config)
     builder.static_indices = static_ffn_indices(driver, builder.keep)
     capture_s = time.perf_counter() - t0
@@ -116,28 +118,23 @@ def layers_to_reduce(builder: PlanBuilder, sizes: Sizes, layout: TokenLayout,
 
 
 def fixed_token_pruning(config: CalibrationConfig, num_layers: int) -> TokenPruning | None:
-    """The token pruning given on the command line (VTW auto is chosen after the capture pass)."""
-    if config.fastv is not None:
-        k, r = config.fastv
-        if k > num_layers:
-            raise InputError(f"--fastv layer {k} is beyond the model's {num_layers} layers")
-        return TokenPruning("fastv", k, float(r))
-    if isinstance(config.vtw, int):
-        if config.vtw > num_layers:
-            raise InputError(f"--vtw layer {config.vtw} is beyond the model's {num_layers} layers")
-        return TokenPruning("vtw", config.vtw, chosen_by="manual")
+    """The token pruning given on the command line, when its flag fixes it (VTW auto is chosen
+    after the capture pass: :func:`_chosen_after_capture`)."""
+    for name, value in config.token_pruning_flags.items():
+        fields = PRUNING_METHODS[name].fixed(value, num_layers)
+        return None if fields is None else TokenPruning(name, **fields)
     return None
 
 
+def _chosen_after_capture(config: CalibrationConfig, fixed: TokenPruning | None) -> str | None:
+    """The pruning method that calibration must choose for (after the capture pass), if any."""
+    given = config.token_pruning_flags
+    return next(iter(given)) if given and fixed is None else None
+
+
 def choose_vtw_layer(driver: Driver, config: CalibrationConfig) -> TokenPruning:
-    """VTW's rule: the first layer K >= ``vtw_min_layer`` whose mean ``KL(P_withdrawn || P_full)``
-    of the last prompt token is <= ``vtw_eta``; ``K = L`` (nothing withdrawn) when none is."""
-    L = driver.num_layers
-    for k in range(min(config.vtw_min_layer, L), L):
-        kl = driver.withdrawal_divergence(k)
-        if kl <= config.vtw_eta:
-            return TokenPruning("vtw", k, eta=config.vtw_eta, chosen_by="auto", divergence=round(kl, 8))
-    return TokenPruning("vtw", L, eta=config.vtw_eta, chosen_by="auto")
+    """VTW's rule (:meth:`rlens.pruning.vtw.VTW.choose`)."""
+    return TokenPruning("vtw", **PRUNING_METHODS["vtw"].choose(driver, config))
 
 
 def with_token_pruning(plan: Plan, pruning: TokenPruning, sizes: Sizes, layout: TokenLayout,
@@ -227,9 +224,10 @@ def _annotate(plan: Plan, results: dict[str, RankResult], sizes: Sizes, layout: 
         calib["greedy_rounds"] = len(main.steps)
     if config.separate or main.method == "stats":
         calib["rankings"] = {kind: _ranking_json(r) for kind, r in results.items()}
-    if config.fastv is not None or config.vtw is not None:
-        calib["token_pruning"] = {"fastv": list(config.fastv) if config.fastv else None, "vtw": config.vtw,
-                                  "vtw_eta": config.vtw_eta, "vtw_min_layer": config.vtw_min_layer}
+    if config.token_pruning_flags:
+        given = {m: getattr(config, m) for m in PRUNING_METHODS}
+        given.update(vtw_eta=config.vtw_eta, vtw_min_layer=config.vtw_min_layer)
+        calib["token_pruning"] = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()}
     plan = replace(plan, ranking=Ranking(main.method, main.order, divergence), calibration=calib)
     return replace(plan, flops=flops_summary(plan, sizes, layout))
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from rlens.cli.flags import add_flags, config_from_args
 from rlens.cli.run_cmd import add_provider_flag, providers_of
 
 
@@ -19,11 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "alternately (A/B/A/B) in one process and ratios BUNDLE/OTHER are the median of pairs.")
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     p.add_argument("--against", metavar="OTHER_BUNDLE", help="bundle to compare with (e.g. the unreduced one)")
-    p.add_argument("--visual-tokens", type=int, default=1024, metavar="N", help="visual span length (1024)")
-    p.add_argument("--text-tokens", type=int, default=64, metavar="N",
-                   help="text tokens, a quarter before the span and the rest after (64)")
-    p.add_argument("--decode-tokens", type=int, default=16, metavar="N", help="decode steps per repeat (16)")
-    p.add_argument("--repeat", type=int, default=5, metavar="R", help="timed repeats (pairs with --against) (5)")
+    from rlens.configs import BenchConfig
+
+    add_flags(p, BenchConfig)
     p.add_argument("--threads", type=int, default=0, metavar="N", help="intra-op threads (0 = ONNX Runtime's)")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON (docs/runtime.md)")
     add_provider_flag(p)
@@ -31,12 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlens.runtime.bench import BenchConfig, bench, format_table
+    from rlens.configs import BenchConfig
+    from rlens.runtime.bench import bench, format_table
 
     if args.json:
         check_json_out(Path(args.json))  # before the benchmark, not after it
-    cfg = BenchConfig(visual_tokens=args.visual_tokens, text_tokens=args.text_tokens, repeat=args.repeat,
-                      decode_tokens=args.decode_tokens)
+    cfg = config_from_args(BenchConfig, args)
     result = bench(args.bundle, args.against, cfg, providers=providers_of(args), backend=args.backend,
                    threads=args.threads)
     print(format_table(result))

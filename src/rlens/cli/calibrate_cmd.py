@@ -8,93 +8,32 @@ import tempfile
 from pathlib import Path
 
 from rlens.cli import add_model_argument
+from rlens.cli.flags import add_flags, config_from_args
 
 
-def _rounds(value: str) -> int | str:
-    if value == "plan":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'plan', got {value!r}") from None
+def add_calibration_flags(p: argparse.ArgumentParser, exclude: set[str] = frozenset()) -> None:
+    """Flags shared by ``rlens calibrate`` and ``rlens-export``: MODEL's calibration data, then
+    every flag of :class:`rlens.configs.CalibrationConfig`."""
+    from rlens.configs import CalibrationConfig
 
-
-def add_calibration_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by ``rlens calibrate`` and ``rlens-export``."""
     p.add_argument("--data", metavar="FILE",
                    help='JSONL calibration set, lines {"image": path, "prompt": str, "answer": str (optional)}, '
                         "image paths relative to the file (default: a small built-in set of generated images)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--budget", type=float, metavar="F",
-                   help="target prefill FLOPs ratio: the smallest proportion of reduced layers that meets it")
-    g.add_argument("--proportion", type=float, metavar="P",
-                   help="reduce round(P * layers) layers, most redundant first (default 0.5 when no --budget)")
-    p.add_argument("--ranking", choices=("greedy", "fast", "stats"), default="greedy",
-                   help="greedy: the paper's (add the least harmful layer each round, ~L^2/2 layer evaluations); "
-                        "fast: each layer alone (L evaluations); stats: activation statistics (one pass)")
-    p.add_argument("--ffn-keep", type=float, default=0.2, metavar="RHO",
-                   help="FFN keep ratio rho: K = min(m, ceil(rho*m/16)*16) units for visual tokens (default 0.2)")
-    p.add_argument("--window", type=int, default=256, metavar="W",
-                   help="Hollow Attention window: visual tokens each visual query sees (default 256)")
-    p.add_argument("--probes", type=int, default=64, metavar="M",
-                   help="probe tokens that pick the FFN units (default 64)")
-    p.add_argument("--separate", action="store_true",
-                   help="rank hollow attention and the FFN reduction separately (default: together)")
-    p.add_argument("--greedy-rounds", type=_rounds, default=None, metavar="N|plan",
-                   help="stop greedy after N rounds, or after the rounds the plan needs ('plan'); the rest of "
-                        "the order then follows the fast ranking (default: all rounds)")
-    p.add_argument("--greedy-cache", type=float, default=4.0, metavar="GIB",
-                   help="memory for greedy's per-candidate checkpoints (layer inputs a candidate resumes from "
-                        "in the next round; on the cache device); less memory -> more layer evaluations, same "
-                        "ranking; 0 turns them off (default 4)")
-    p.add_argument("--max-samples", type=int, default=None, metavar="N", help="use at most N calibration samples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the built-in set and of sampling (default 0)")
-    p.add_argument("--visual-tokens", type=int, default=None, metavar="N",
-                   help="visual tokens for the FLOPs budget (default: the calibration set's mean)")
-    p.add_argument("--text-tokens", type=int, default=None, metavar="T",
-                   help="text tokens for the FLOPs budget (default: the calibration set's mean)")
-    add_pruning_flags(p)
+    add_flags(p, CalibrationConfig, exclude=exclude)
 
 
-def _fastv(value: str) -> tuple[int, float]:
-    try:
-        k, r = value.split(",")
-        return int(k), float(r)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected K,R (e.g. 2,0.5), got {value!r}") from None
+def add_pruning_method_flags(g) -> None:
+    """One ``--<method>`` flag per registered token pruning method (rlens.pruning)."""
+    from rlens.pruning import PRUNING_METHODS
 
-
-def _vtw(value: str) -> str | int:
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a layer index, got {value!r}") from None
-
-
-def add_pruning_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("token pruning (docs/token_pruning.md)")
-    g.add_argument("--fastv", type=_fastv, default=None, metavar="K,R",
-                   help="FastV: layers K.. keep the top (1-R) visual tokens by layer K-1's last-token attention")
-    g.add_argument("--vtw", type=_vtw, default=None, metavar="auto|K",
-                   help="VTW: layers K.. see no visual token; auto: first layer with mean KL <= --vtw-eta")
-    g.add_argument("--vtw-eta", type=float, default=0.003, metavar="ETA",
-                   help="VTW auto threshold on KL(P_withdrawn || P_full) of the last token (default 0.003)")
-    g.add_argument("--vtw-min-layer", type=int, default=5, metavar="K",
-                   help="VTW auto: first candidate layer (default 5)")
+    for m in PRUNING_METHODS.values():
+        g.add_argument(f"--{m.name}", type=m.parse_flag, default=None, metavar=m.metavar, help=m.help)
 
 
 def calibration_config(args: argparse.Namespace, ffn_mode: str):
-    from rlens.calibrate import CalibrationConfig
+    from rlens.configs import CalibrationConfig
 
-    return CalibrationConfig(
-        ranking=args.ranking, ffn_mode=ffn_mode, window=args.window, ffn_keep=args.ffn_keep, probes=args.probes,
-        budget=args.budget, proportion=args.proportion, separate=args.separate, max_samples=args.max_samples,
-        seed=args.seed, visual_tokens=args.visual_tokens, text_tokens=args.text_tokens,
-        greedy_rounds=args.greedy_rounds, greedy_cache_gib=args.greedy_cache,
-        fastv=getattr(args, "fastv", None), vtw=getattr(args, "vtw", None),
-        vtw_eta=getattr(args, "vtw_eta", 0.003), vtw_min_layer=getattr(args, "vtw_min_layer", 5))
+    return config_from_args(CalibrationConfig, args, ffn_mode=ffn_mode)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -107,8 +46,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="plan.json to write (atomically; an existing file only with --overwrite, and only an rlens plan)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing rlens plan (and its report PNG) at --out; nothing else is ever replaced")
-    p.add_argument("--ffn-mode", choices=("static", "dynamic"), default="static",
-                   help="static: FFN units fixed at calibration (default); dynamic: picked per input by probes")
     add_calibration_flags(p)
     add_placement_flags(p)
     p.set_defaults(func=run)

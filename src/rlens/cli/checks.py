@@ -1,7 +1,8 @@
 """The CLI's error contract: one line on stderr and exit code 2 for anything a user can cause.
 
 :class:`Parser` prints argparse's own errors as one line; :func:`check_ranges` bounds every numeric
-flag (by its name, wherever it is declared) so no value reaches a library that would hang, overflow
+flag (by its dest, wherever it is declared: a config field of :mod:`rlens.configs` or a command's own
+flag; the configs' ``__post_init__`` add the rules between fields) so no value reaches a library that would hang, overflow
 or crash on it; :func:`run_command` maps typed errors, OS errors (disk full, permissions, a path too
 long) and SIGTERM to that contract. An internal bug prints one line too, with its traceback only
 under ``RLENS_DEBUG=1``.
@@ -25,10 +26,13 @@ RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 100.0), "top_p": (0.0, 1.0), "visual_tokens": (0, 1 << 20), "text_tokens": (0, 1 << 20),
     "text_before": (0, 1 << 20), "decode_tokens": (1, 1 << 16), "repeat": (1, 10_000), "max_samples": (1, 1 << 24),
     "window": (1, 1 << 20), "probes": (1, 1 << 16), "ffn_keep": (0.0, 1.0), "budget": (0.0, 1.0),
-    "proportion": (0.0, 1.0), "greedy_cache": (0.0, 1 << 20), "vtw_eta": (0.0, 1e6), "vtw_min_layer": (0, 1 << 16),
+    "proportion": (0.0, 1.0), "greedy_cache_gib": (0.0, 1 << 20), "vtw_eta": (0.0, 1e6), "vtw_min_layer": (0, 1 << 16),
     "opset": (1, 1000), "tolerance": (0.0, 1e6), "max_seq": (2, 1 << 24), "max_visual_tokens": (1, 1 << 24),
-    "workspace": (16, 1 << 24),
+    "workspace_mb": (16, 1 << 24), "max_pixels": (1, 1 << 30), "max_tiles": (1, 1024), "weights_block": (16, 256),
+    "reps": (1, 100_000),
 }
+# dests whose flag is not ``--`` + the dest with dashes (config fields with their own ``flag=``)
+FLAG_NAMES = {"greedy_cache_gib": "--greedy-cache", "workspace_mb": "--workspace"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -48,7 +52,7 @@ def check_ranges(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
         if isinstance(value, float) and not math.isfinite(value):
             raise InputError(f"{flag} must be a finite number, got {value}")
         if not lo <= value <= hi:

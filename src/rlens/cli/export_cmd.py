@@ -6,42 +6,20 @@ import argparse
 import sys
 
 from rlens.cli import add_model_argument
+from rlens.cli.flags import add_flags, config_from_args
 
 
 def add_export_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by ``rlens export`` and ``rlens-export``."""
-    p.add_argument("--attention", choices=("portable", "plugin"), default="portable",
-                   help="hollow layers as standard ONNX ops (portable, default) or HollowAttention plugin nodes "
-                        "with an ONNX function body (plugin)")
-    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
-                   help="graph precision; fp16 keeps norms, softmax and residual sums in fp32 (default fp32)")
-    p.add_argument("--ffn-mode", choices=("static", "dynamic"), default=None,
-                   help="override the plan's FFN mode (static needs the plan's calibrated ffn_indices)")
-    p.add_argument("--ops", choices=("standard", "ort"), default=None,
-                   help="ort: ONNX Runtime contrib ops (GroupQueryAttention with the KV cache, RotaryEmbedding, "
-                        "SkipSimplifiedLayerNormalization, packed q/k/v) in unreduced layers and the text rows of "
-                        "reduced ones; standard: ONNX ops only, as TensorRT parses them (default: ort, standard "
-                        "with --attention plugin or --engine)")
-    p.add_argument("--weights", choices=("float", "int8", "int4"), default="float",
-                   help="weight-only quantization after the FFN split, block-wise along K: MatMulNBits with --ops "
-                        "ort, DequantizeLinear (needs --opset 21) with --ops standard (default float = --dtype)")
-    p.add_argument("--weights-block", type=int, default=32, metavar="N",
-                   help="rows of K per quantization scale: 16, 32, 64, 128 or 256 (default 32)")
-    p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset, 18..21 (default 18)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip the ONNX Runtime vs PyTorch check at export (on by default; fails the export "
-                        "and leaves nothing when the max abs diff exceeds the tolerance)")
-    p.add_argument("--tolerance", type=float, default=None, metavar="T",
-                   help="max abs diff allowed at verification (default 1e-4 fp32, 5e-2 fp16)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    """Flags shared by ``rlens export`` and ``rlens-export``: those of :class:`rlens.configs.ExportConfig`."""
+    from rlens.configs import ExportConfig
+
+    add_flags(p, ExportConfig)
 
 
 def export_config(args: argparse.Namespace):
-    from rlens.export import ExportConfig
+    from rlens.configs import ExportConfig
 
-    return ExportConfig(attention=args.attention, dtype=args.dtype, ffn_mode=args.ffn_mode, opset=args.opset,
-                        verify=not args.no_verify, tolerance=args.tolerance, overwrite=args.overwrite,
-                        ops=args.ops, weights=args.weights, weights_block=args.weights_block)
+    return config_from_args(ExportConfig, args)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

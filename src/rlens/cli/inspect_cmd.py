@@ -7,7 +7,7 @@ import json
 import sys
 
 from rlens.cli import add_model_argument
-from rlens.cli.calibrate_cmd import _fastv
+from rlens.cli.calibrate_cmd import add_pruning_method_flags
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,10 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="text tokens in the prefill (default 64)")
     p.add_argument("--text-before", type=int, default=0, metavar="T0",
                    help="how many of the text tokens come before the image (default 0)")
-    p.add_argument("--fastv", type=_fastv, default=None, metavar="K,R",
-                   help="add FastV token pruning (layers K.. keep the top 1-R visual tokens) to the accounting")
-    p.add_argument("--vtw", type=int, default=None, metavar="K",
-                   help="add VTW token pruning (layers K.. see no visual token) to the accounting")
+    add_pruning_method_flags(p.add_argument_group("token pruning added to the accounting (docs/token_pruning.md)"))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -72,18 +69,25 @@ def _with_pruning(plan, args, family, config, sizes):
 
     from rlens.errors import InputError
     from rlens.plan import ModelInfo, Plan, PlanError, TokenPruning, plan_from_dict
+    from rlens.pruning import PRUNING_METHODS
 
-    if args.fastv is None and args.vtw is None:
+    given = {m: getattr(args, m) for m in PRUNING_METHODS if getattr(args, m, None) is not None}
+    if not given:
         return plan
-    if args.fastv is not None and args.vtw is not None:
-        raise InputError("give either --fastv or --vtw, not both")
-    tp = TokenPruning("fastv", args.fastv[0], args.fastv[1]) if args.fastv else TokenPruning("vtw", args.vtw)
+    if len(given) > 1:
+        raise InputError(f"give one token pruning method, not both {' and '.join('--' + m for m in given)}")
+    (name, value), = given.items()
+    PRUNING_METHODS[name].check(value)
+    fields = PRUNING_METHODS[name].fixed(value, sizes["num_layers"])
+    if fields is None:
+        raise InputError(f"--{name} {value} is chosen at calibration; give a layer to inspect")
+    tp = TokenPruning(name, **fields)
     if plan is None:
         plan = Plan(model=ModelInfo(family.model_class, sizes["num_layers"], sizes["hidden_size"],
                                     sizes["intermediate_size"], ""))
     out = replace(plan, token_pruning=tp)
     try:
-        plan_from_dict(out.to_json(), "--fastv/--vtw")  # the plan file's validation
+        plan_from_dict(out.to_json(), f"--{name}")  # the plan file's validation
     except PlanError as e:
         raise InputError(str(e)) from None
     return out

@@ -4,6 +4,7 @@ typed :class:`~rlens.errors.RlensError`, printed as one line with exit code 2.""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -30,8 +31,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the message."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(prog: str) -> None:
+    """Library messages (``logging.getLogger("rlens...")``) go to stderr as ``prog: message``; the
+    library itself never prints to stderr nor configures logging."""
+    logger = logging.getLogger("rlens")
+    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        logger.addHandler(handler)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    logger.setLevel(logging.INFO)
+
+
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
+    configure_logging(parser.prog)
 
     def call() -> int:
         check_ranges(args)

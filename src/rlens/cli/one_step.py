@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rlens.configs import EngineConfig
+
 from rlens.cli import add_model_argument
 from rlens.cli.checks import Parser
+from rlens.cli.flags import add_flags, config_from_args
 from rlens.cli.calibrate_cmd import add_calibration_flags, calibrate, calibration_config
 from rlens.cli.export_cmd import add_export_flags, export_config, inputs_of, write_bundle
 
@@ -21,12 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--plan", metavar="P", help="use this plan.json instead of calibrating")
     src.add_argument("--no-reduce", action="store_true", help="export the unreduced model (for comparison)")
-    add_calibration_flags(p)
+    add_calibration_flags(p, exclude={"ffn_mode"})  # --ffn-mode is the export's (default: static)
     add_export_flags(p)
-    p.add_argument("--engine", action="store_true",
+    g = p.add_argument_group("with --engine")
+    g.add_argument("--engine", action="store_true",
                    help="also build TensorRT engines into BUNDLE/engines (needs TensorRT and a GPU)")
-    p.add_argument("--plugin-lib", metavar="PATH", help="with --engine: librlens_trt_plugins.so for plugin mode")
-    p.add_argument("--max-seq", type=int, default=2048, metavar="N", help="with --engine: longest sequence (2048)")
+    add_flags(g, EngineConfig, only={"plugin_lib", "max_seq"})
     p.set_defaults(func=run)
     return p
 
@@ -57,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
         plan, _ = calibrate(loaded, calibration_config(args, args.ffn_mode or "static"), args.data)
     write_bundle(loaded, plan, args.bundle, export)
     if args.engine:
-        from rlens.engine import EngineConfig, engine_from_bundle
+        from rlens.engine import engine_from_bundle
 
-        visual = args.visual_tokens or 1024
-        engine_from_bundle(args.bundle, EngineConfig(plugin_lib=args.plugin_lib, max_seq=args.max_seq,
-                                                     max_visual_tokens=min(visual, args.max_seq - 1)))
+        visual = args.visual_tokens or EngineConfig.max_visual_tokens
+        engine_from_bundle(args.bundle, config_from_args(EngineConfig, args,
+                                                         max_visual_tokens=min(visual, args.max_seq - 1)))
     print(f"rlens-export: {args.bundle} ready", file=sys.stderr)
     return 0

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rlens.cli.flags import LazyChoices
+
 
 def add_provider_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime",
-                   help="runtime backend: onnxruntime (default) or tensorrt (the engines of rlens build-engine, "
-                        "built on this GPU)")
+    def backends():
+        from rlens.runtime.backends import BACKENDS
+
+        return BACKENDS
+
+    p.add_argument("--backend", choices=LazyChoices(backends), default="onnxruntime", metavar="NAME",
+                   help="runtime backend, one of %(choices)s (default %(default)s); tensorrt runs the engines of "
+                        "rlens build-engine, built on this GPU")
     p.add_argument("--providers", default="cpu", metavar="LIST",
                    help="ONNX Runtime execution providers in priority order, comma separated: cpu, cuda, "
                         "tensorrt (or full names like CUDAExecutionProvider); CPU is always the fallback "

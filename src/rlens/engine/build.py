@@ -9,18 +9,21 @@ from those bytes -- never deserialized and serialized again.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlens.attention_modes import needs_plugin
+from rlens.configs import EngineConfig
 from rlens.targets import current_target
 from rlens.engine.prepare import PreparedOnnx, onnx_for_tensorrt
 from rlens.engine.profiles import ProfileShapes, decoder_profiles, vision_profile
-from rlens.errors import BundleError, InputError, RlensError
+from rlens.errors import BundleError, RlensError
 from rlens.runtime.manifest import read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
 
 
 MIN_TENSORRT = (10, 3)
@@ -28,22 +31,6 @@ MIN_TENSORRT = (10, 3)
 
 class TensorRTUnavailable(RlensError):
     """TensorRT (or polygraphy) is not importable here."""
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    plugin_lib: str | None = None  # default: rlens.plugins.library_path()
-    max_visual_tokens: int = 1024
-    max_seq: int = 2048
-    timing_cache: str | None = None
-    workspace_mb: int = 2048
-    graphs: tuple[str, ...] = ("embed_tokens", "vision", "decoder")
-
-    def __post_init__(self) -> None:
-        if self.workspace_mb < 16:
-            raise InputError(f"--workspace must be at least 16 MB, got {self.workspace_mb}")
-        if not 0 < self.max_visual_tokens < self.max_seq:
-            raise InputError(f"need 0 < --max-visual-tokens ({self.max_visual_tokens}) < --max-seq ({self.max_seq})")
 
 
 def import_tensorrt() -> Any:
@@ -75,7 +62,7 @@ def engine_from_bundle(bundle: str | os.PathLike[str], config: EngineConfig) -> 
         raise BundleError(f"{bundle} was exported with --ops {manifest['ops']} (ONNX Runtime contrib ops), which "
                           "TensorRT does not parse; export it again with --ops standard")
     trt = import_tensorrt()
-    if manifest.get("attention") == "plugin":
+    if needs_plugin(manifest.get("attention")):
         _load_plugin(trt, config.plugin_lib)
     target = current_target()
     profiles = _profiles(manifest, config)
@@ -89,7 +76,7 @@ def engine_from_bundle(bundle: str | os.PathLike[str], config: EngineConfig) -> 
             _build_one(trt, prepared, profiles[graph], engine_path, config)
             records[graph] = {"file": f"engines/{graph}.plan", "profiles": [p.name for p in profiles[graph]],
                               **target.to_json()}
-            print(f"rlens: built engine {graph} ({engine_path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+            log.info("built engine %s (%.1f MB)", graph, engine_path.stat().st_size / 1e6)
         _commit(bundle, Path(tmp), records)
     write_manifest(bundle, {**manifest, "engines": records})
     return records

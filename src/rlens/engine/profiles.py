@@ -60,11 +60,18 @@ def decoder_profiles(manifest: dict[str, Any], max_seq: int, max_visual: int) ->
 
 
 def vision_profile(manifest: dict[str, Any], max_images: int = 1) -> ProfileShapes:
-    """One profile: dynamic leading dims bounded by ``max_images``; other dims must be static."""
+    """One profile. Named dynamic axes take the bounds the export recorded from the model's processor
+    (manifest ``vision.axes``: Qwen2-VL patches within min/max pixels, InternVL tiles); an unnamed
+    dynamic leading dim is bounded by ``max_images``; other dynamic dims are an error."""
     inputs = manifest["graphs"]["vision"]["inputs"]
+    axes = (manifest.get("vision") or {}).get("axes") or {}
     shapes = {}
     for io in inputs:
         dims = io["shape"]
+        if any(isinstance(d, str) and d in axes for d in dims):
+            lo_hi = {d: (axes[d][0], _opt(axes[d]), axes[d][1]) for d in dims if isinstance(d, str)}
+            shapes[io["name"]] = _dims(io, lo_hi)
+            continue
         fixed = [d if isinstance(d, int) else None for d in dims]
         if any(d is None for d in fixed[1:]):
             raise BundleError(f"vision input {io['name']} {dims} has dynamic inner dims; TensorRT needs bounds")
@@ -72,3 +79,9 @@ def vision_profile(manifest: dict[str, Any], max_images: int = 1) -> ProfileShap
         lo, hi = (lead, lead) if lead is not None else (1, max_images)
         shapes[io["name"]] = ((lo, *fixed[1:]), (lo, *fixed[1:]), (hi, *fixed[1:]))
     return ProfileShapes("vision", shapes)
+
+
+def _opt(bounds: list[int]) -> int:
+    """The profile's opt point: the geometric middle of [min, max] (a mid-size image)."""
+    lo, hi = int(bounds[0]), int(bounds[1])
+    return max(lo, min(hi, int((lo * hi) ** 0.5)))

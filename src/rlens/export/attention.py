@@ -216,3 +216,9 @@ def _visual_allowed(b: GraphBuilder, key_mask: str | None, nb: str, wb: str, a1:
     local = b.op("Unsqueeze", [_local_allowed(b, nb, wb, window), b.const([0, 1, 2])])
     loc6 = b.op("Expand", [local, b.vec(batch, b.const([1, 1]), nb1, wb1, b.op("Mul", [wb1, b.const([2])]))])
     return b.op("Concat", [pre6, loc6], axis=-1, label="allowed")
+
+
+def emit_portable(b: GraphBuilder, q: str, k: str, v: str, call) -> str:
+    """``portable`` mode (:mod:`rlens.attention_modes`): the block-local subgraph inline; q is pre-scaled."""
+    with b.scope("HollowAttention"):
+        return hollow_attention(b, q, k, v, call.span, b.const(call.window), None, call.key_mask, call.causal)

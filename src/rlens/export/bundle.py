@@ -6,11 +6,12 @@ target and commits it through :func:`rlens.fileio.output_writer`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
 
+from rlens.configs import ExportConfig
 from rlens.errors import BundleError, InputError
 from rlens.plan import Plan
 
@@ -18,54 +19,6 @@ EXTERNAL_DATA_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB, with headroom for the g
 # Weights over this stay in <name>.data by default: a graph streamed to external data is read back
 # inline only when small (reading back and serializing holds it ~3 times over).
 INLINE_LIMIT = 2**28
-DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """Options of ``rlens export`` (one frozen dataclass; the CLI only maps flags onto it)."""
-
-    attention: str = "portable"  # "portable" | "plugin"
-    dtype: str = "fp32"  # "fp32" | "fp16"
-    ffn_mode: str | None = None  # override the plan's ffn_mode ("static" | "dynamic")
-    opset: int = 18
-    verify: bool = True
-    tolerance: float | None = None  # max abs diff allowed at verification (default per dtype)
-    overwrite: bool = False
-    vision: bool = True
-    external_data: bool | None = None  # None: when a graph's weights pass INLINE_LIMIT (256 MiB)
-    ops: str | None = None  # "standard" | "ort" (ONNX Runtime contrib ops); None: ort unless plugin
-    weights: str = "float"  # "float" (the dtype) | "int8" | "int4": weight-only, block-wise
-    weights_block: int = 32  # rows of K per quantization scale
-
-    def __post_init__(self) -> None:
-        checks = [(self.attention in ("portable", "plugin"), f"--attention must be portable or plugin, got {self.attention!r}"),
-                  (self.dtype in ("fp32", "fp16"), f"--dtype must be fp32 or fp16, got {self.dtype!r}"),
-                  (self.ffn_mode in (None, "static", "dynamic"), f"--ffn-mode must be static or dynamic, got {self.ffn_mode!r}"),
-                  (18 <= self.opset <= 21, f"--opset must be between 18 and 21, got {self.opset}"),
-                  (self.ops in (None, "standard", "ort"), f"--ops must be standard or ort, got {self.ops!r}"),
-                  (not (self.ops == "ort" and self.attention == "plugin"),
-                   "--attention plugin targets TensorRT, which parses standard ops only: use --ops standard"),
-                  (self.weights in ("float", "int8", "int4"), f"--weights must be float, int8 or int4, got {self.weights!r}"),
-                  (self.weights_block in (16, 32, 64, 128, 256), f"--weights-block must be 16, 32, 64, 128 or 256, got {self.weights_block}"),
-                  (self.weights == "float" or self.resolved_ops == "ort" or self.opset >= 21,
-                   f"--weights {self.weights} with --ops standard writes DequantizeLinear with int4/blocks: needs --opset 21"),
-                  (self.tolerance is None or 0 <= self.tolerance < float("inf"),
-                   f"--tolerance must be a finite number >= 0, got {self.tolerance}")]
-        for ok, message in checks:
-            if not ok:
-                raise InputError(message)
-
-    @property
-    def resolved_ops(self) -> str:
-        """The op set written: ``ort`` for ONNX Runtime bundles, ``standard`` for the plugin mode."""
-        if self.ops is not None:
-            return self.ops
-        return "standard" if self.attention == "plugin" else "ort"
-
-    @property
-    def max_abs_diff(self) -> float:
-        return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.dtype]
 
 
 def effective_plan(plan: Plan, config: ExportConfig) -> Plan:

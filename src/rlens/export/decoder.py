@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from rlens.attention_modes import DEFAULT_ATTENTION_MODE, HollowCall, attention_mode
 from rlens.export import attention as att
 from rlens.export import ffn as ffn_mod
 from rlens.export import fused
@@ -138,10 +139,11 @@ def _project(b: GraphBuilder, x: str, lin: Any, name: str, heads: int, head_dim:
 
 
 def _uses_fused(ctx: _Ctx, i: int) -> bool:
-    """Packed q/k/v + RotaryEmbedding for this layer (``--ops ort``; FastV's score layer and the
-    pruned layers after it keep the standard ops)."""
+    """Packed q/k/v + RotaryEmbedding for this layer (``--ops ort``; FastV's score layer, VTW's first
+    pruned layer and every layer after them keep the standard ops)."""
     tp = ctx.plan.token_pruning
-    return ctx.shared.fused is not None and (tp is None or i < tp.score_layer)
+    first_standard = None if tp is None else (tp.score_layer if tp.score_layer is not None else tp.layer)
+    return ctx.shared.fused is not None and (first_standard is None or i < first_standard)
 
 
 def _qkv(b: GraphBuilder, ctx: _Ctx, i: int, x: str, scale: float) -> tuple[str, str, str]:
@@ -184,7 +186,7 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
     hollow = lp is not None and lp.hollow_window is not None
     # The attention scale is folded into q_proj (RoPE is linear), except for the plugin node,
     # which takes unscaled q and its ``scale`` attribute.
-    folded = not (hollow and ctx.attention_mode == "plugin")
+    folded = not hollow or attention_mode(ctx.attention_mode).prescaled_q
     past = (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
     if _uses_fused(ctx, i) and not hollow:
         q, k, v = _qkv_packed(b, ctx, i, x, scale)
@@ -235,15 +237,9 @@ def _o_proj(b: GraphBuilder, wo: Any, pre: str, out: str) -> str:
 
 def _hollow(b: GraphBuilder, ctx: _Ctx, q: str, k: str, v: str, window: int, scale: float) -> str:
     geo = ctx.geo
-    if ctx.attention_mode == "plugin":
-        from rlens.plugins.spec import make_node_attributes
-
-        attrs = make_node_attributes(window, geo.heads, geo.kv_heads, geo.head_dim, scale)
-        return b.op(HOLLOW_ATTENTION.name, [q, k, v, ctx.shared.span_input], label=HOLLOW_ATTENTION.name,
-                    domain=HOLLOW_ATTENTION.onnx_domain, **attrs)
-    with b.scope("HollowAttention"):  # q is pre-scaled (folded into q_proj)
-        return att.hollow_attention(b, q, k, v, ctx.shared.span_input, b.const(window), None,
-                                    ctx.shared.key_mask, ctx.shared.causal)
+    call = HollowCall(ctx.shared.span_input, window, scale, geo.heads, geo.kv_heads, geo.head_dim,
+                      ctx.shared.key_mask, ctx.shared.causal)
+    return attention_mode(ctx.attention_mode).emit()(b, q, k, v, call)
 
 
 @dataclass
@@ -365,17 +361,17 @@ def _prune(b: GraphBuilder, ctx: _Ctx, x32: str) -> str:
     return x32
 
 
-def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dtype: str = "fp32",
+def decoder_model(loaded: Any, plan: Plan, mode: str = DEFAULT_ATTENTION_MODE, dtype: str = "fp32",
                   opset: int = 18, weights: WeightFile | None = None, ops: str = "standard") -> onnx.ModelProto:
     """The decoder ModelProto: weights inline, or streamed to ``weights`` as they are made (then the
     proto only points at them and the model's weights are never held a second time).
     ``ops``: "standard" (ONNX ops only) or "ort" (ONNX Runtime contrib ops, :mod:`.fused`)."""
-    if ops not in ("standard", "ort") or (ops == "ort" and attention_mode == "plugin"):
-        raise ValueError(f"ops={ops!r} with attention={attention_mode!r}: the plugin mode takes standard ops")
+    if ops not in ("standard", "ort") or (ops == "ort" and attention_mode(mode).needs_plugin):
+        raise ValueError(f"ops={ops!r} with attention={mode!r}: the plugin mode takes standard ops")
     loaded.family.check_exportable(loaded.model)
     geo = geometry(loaded)
     b = GraphBuilder("decoder", dtype, weights)
-    ctx = _Ctx(loaded, plan, geo, attention_mode, ops)
+    ctx = _Ctx(loaded, plan, geo, mode, ops)
     ctx.shared = _shared(b, ctx)
     x32, delta = b.cast("inputs_embeds", "fp32"), None
     first_pruned = plan.token_pruning.layer if plan.token_pruning is not None else geo.num_layers
@@ -394,10 +390,8 @@ def decoder_model(loaded: Any, plan: Plan, attention_mode: str = "portable", dty
     ins, outs = _io(geo, b.onnx_float, first_pruned)
     graph = helper.make_graph(b.nodes, "rlens_decoder", ins, outs, b.initializers)
     functions = []
-    if attention_mode == "plugin" and any(lp.hollow_window is not None for lp in plan.layers):
-        from rlens.export.plugin import hollow_function
-
-        functions.append(hollow_function(dtype, opset))
+    if any(lp.hollow_window is not None for lp in plan.layers):
+        functions = attention_mode(mode).model_functions(dtype, opset)
     return finish_model(graph, opset, functions, ops == "ort")
 
 

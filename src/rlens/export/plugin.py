@@ -13,7 +13,7 @@ from onnx import helper
 
 from rlens.export.attention import hollow_attention
 from rlens.export.graph import FunctionBuilder
-from rlens.plugins.spec import HOLLOW_ATTENTION
+from rlens.plugins.spec import HOLLOW_ATTENTION, make_node_attributes
 
 
 def hollow_function(dtype: str, opset: int) -> onnx.FunctionProto:
@@ -27,3 +27,15 @@ def hollow_function(dtype: str, opset: int) -> onnx.FunctionProto:
     return helper.make_function(
         spec.onnx_domain, spec.name, [t.name for t in spec.inputs], [spec.outputs[0].name], b.nodes,
         opset_imports=[helper.make_opsetid("", opset)], attributes=[a.name for a in spec.attributes])
+
+
+def emit_plugin(b, q: str, k: str, v: str, call) -> str:
+    """``plugin`` mode (:mod:`rlens.attention_modes`): one ``rlens::HollowAttention`` node on unscaled q."""
+    attrs = make_node_attributes(call.window, call.heads, call.kv_heads, call.head_dim, call.scale)
+    spec = HOLLOW_ATTENTION
+    return b.op(spec.name, [q, k, v, call.span], label=spec.name, domain=spec.onnx_domain, **attrs)
+
+
+def model_functions(dtype: str, opset: int) -> list[onnx.FunctionProto]:
+    """The local functions a plugin-mode decoder carries: the HollowAttention body."""
+    return [hollow_function(dtype, opset)]

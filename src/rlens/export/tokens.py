@@ -41,8 +41,8 @@ def last_query_scores(b: GraphBuilder, q: str, k_all: str, scale: str | None, ke
 
 
 def _kept_count(b: GraphBuilder, length: str, tp: TokenPruning) -> str:
-    """Scalar int64 ``N_v - floor(R N_v + 1e-9)``."""
-    if tp.method == "vtw":
+    """Scalar int64 ``N_v - floor(R N_v + 1e-9)`` (0 when every visual token goes)."""
+    if tp.ratio >= 1.0:
         return b.const(0)
     n = b.op("Cast", [length], to=TensorProto.DOUBLE)
     dropped = b.op("Floor", [b.op("Add", [b.op("Mul", [n, b.const(tp.ratio, np.float64)]),
@@ -104,7 +104,7 @@ def manifest_entry(tp: TokenPruning, num_layers: int) -> dict[str, Any]:
     pruned = list(range(tp.layer, num_layers))
     return {**tp.to_json(), "pruned_layers": pruned, "score_layer": tp.score_layer,
             "past_dim": PAST_DIM, "present_dim": TOTAL_DIM,
-            "kept_rule": "N_v - floor(ratio * N_v)" if tp.method == "fastv" else "0",
+            "kept_rule": "0" if tp.ratio >= 1.0 else "N_v - floor(ratio * N_v)",
             "kv_rule": (f"layers {pruned[0]}..{num_layers - 1}: present length = own past + S - dropped, "
                         f"dropped = visual_span length - kept; feed each layer's present back as its own past. "
                         f"attention_mask stays full length (full past + S): the graph takes the last own-past "

@@ -1,10 +1,11 @@
 """vision.onnx (vision tower + projector/merger) and embed_tokens.onnx.
 
-The vision graph is traced from the family's own ``get_image_features`` (so it is exactly the
-Hugging Face vision path) with torch.onnx: the TorchScript exporter first, the dynamo exporter
-when that one produces a graph ONNX Runtime rejects. Input names are the image processor's
-output names that the traced graph uses (Qwen2-VL's ``image_grid_thw`` is folded into the graph:
-the bundle's processor resizes every image to one fixed size, docs/bundle.md).
+The vision graph is traced from the family's vision module (by default the model's own
+``get_image_features``, so it is exactly the Hugging Face vision path) with torch.onnx: the
+TorchScript exporter first, the dynamo exporter when that one produces a graph ONNX Runtime
+rejects. Inputs are the feeds the family declares (``Family.vision_feeds``, numpy, shared with the runtime); the axes the
+family declares dynamic (Qwen2-VL's patch count, InternVL's tile count) stay dynamic, so one graph
+takes every image size within the processor's bounds (docs/bundle.md).
 """
 
 from __future__ import annotations
@@ -19,45 +20,27 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from rlens import hf_compat
 from rlens.errors import ModelError
 from rlens.export.graph import GraphBuilder
 
 SKIP_INPUTS = ("num_patches",)
 
 
-class _ImageFeatures:
-    """Factory of the traced module (torch is imported lazily)."""
-
-    @staticmethod
-    def module(model: Any, keys: list[str]) -> Any:
-        import torch
-
-        class ImageFeatures(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, *args: Any) -> Any:
-                out = hf_compat.image_features(self.model, **dict(zip(keys, args)))
-                feats = getattr(out, "pooler_output", out)
-                if isinstance(feats, (list, tuple)):
-                    feats = torch.cat(list(feats), 0)
-                return feats.reshape(-1, feats.shape[-1])
-
-        return ImageFeatures().eval()
+def vision_inputs(loaded: Any, processed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The vision graph's feeds for one processed image (the family's rule, as the runtime does)."""
+    return dict(loaded.family.vision_feeds(processed, loaded.family.vision_params(loaded.config)))
 
 
-def vision_inputs(prepared_vision: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: v for k, v in prepared_vision.items() if k not in SKIP_INPUTS}
-
-
-def reference_features(loaded: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:
+def reference_features(loaded: Any, processed: dict[str, np.ndarray]) -> np.ndarray:
+    """Hugging Face's own ``get_image_features`` on the image processor's output (the golden)."""
     import torch
 
-    mod = _ImageFeatures.module(loaded.model, list(inputs))
+    from rlens.families.base import image_features_module
+
+    hf = {k: v for k, v in processed.items() if k not in SKIP_INPUTS}
+    mod = image_features_module(loaded.model, list(hf))
     with torch.no_grad():
-        return mod(*(torch.from_numpy(v) for v in inputs.values())).numpy()
+        return mod(*(torch.from_numpy(np.asarray(v)) for v in hf.values())).float().numpy()
 
 
 def vision_model(loaded: Any, inputs: dict[str, np.ndarray], opset: int) -> onnx.ModelProto:
@@ -77,13 +60,17 @@ def _trace(loaded: Any, inputs: dict[str, np.ndarray], opset: int, dynamo: bool)
     import torch
 
     keys = list(inputs)
-    mod = _ImageFeatures.module(loaded.model, keys)
+    mod = loaded.family.vision_module(loaded.model, keys)
     args = tuple(torch.from_numpy(v) for v in inputs.values())
+    axes = {k: v for k, v in loaded.family.vision_dynamic_axes.items() if k in inputs}
     buf = io.BytesIO()
     # torch.onnx's dynamo path prints progress on stdout: keep rlens' stdout for its own output.
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
         warnings.simplefilter("ignore")
-        kw = {"dynamo": True, "verbose": False} if dynamo else {"dynamo": False, "opset_version": opset}
+        if dynamo:
+            kw: dict[str, Any] = {"dynamo": True, "verbose": False, "dynamic_shapes": _dynamic_shapes(keys, axes)}
+        else:
+            kw = {"dynamo": False, "opset_version": opset, "dynamic_axes": {**axes, "image_features": {0: "visual"}}}
         out = torch.onnx.export(mod, args, buf if not dynamo else None, input_names=keys,
                                 output_names=["image_features"], **kw)
     if dynamo:
@@ -92,6 +79,14 @@ def _trace(loaded: Any, inputs: dict[str, np.ndarray], opset: int, dynamo: bool)
         model = onnx.load_from_string(buf.getvalue())
     model.producer_name, model.producer_version = "rlens", "1"
     return model
+
+
+def _dynamic_shapes(keys: list[str], axes: dict[str, dict[int, str]]) -> Any:
+    if not axes:
+        return None
+    from torch.export import Dim
+
+    return tuple({i: Dim.AUTO for i in axes[k]} if k in axes else None for k in keys)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from rlens.export.decoder import decoder_model, geometry
 from rlens.export.tokens import manifest_entry
 from rlens.export.graph import WeightFile
 from rlens.export.verify import compare_decoder, decoder_golden, span_for_plan
-from rlens.export.vision import embed_model, reference_features, vision_inputs, vision_model
+from rlens.export.vision import embed_model, reference_features, vision_model
 from rlens.fileio import output_writer
 from rlens.plan import Plan
 from rlens.runtime.manifest import FORMAT, VERSION, write_manifest
@@ -110,21 +110,13 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig, *,
     graphs["embed_tokens"] = {"files": save_onnx(emb, folder / "embed_tokens.onnx", config.external_data),
                               **_io_table(emb)}
     del emb
-    visual_tokens = image_size = None
+    vision = None
     if config.vision:
-        image_size = sample_size(loaded)
         _vision_fp32(loaded)
-        prepared = _prepare_sample(loaded, folder / "processor")
-        visual_tokens = prepared.visual_span[1]
-        inputs = vision_inputs(prepared.vision)
-        vis = vision_model(loaded, inputs, config.opset)
-        graphs["vision"] = {"files": save_onnx(vis, folder / "vision.onnx", config.external_data), **_io_table(vis)}
-        del vis
-        if config.verify:
-            diffs["vision"] = _check_vision(loaded, folder / "vision.onnx", inputs)
+        vision = _vision(loaded, folder, config, graphs, diffs)
     if config.verify:
         diffs["embed_tokens"] = _check_embed(loaded, folder / "embed_tokens.onnx")
-    body = _manifest(loaded, plan, config, graphs, diffs, visual_tokens, image_size)
+    body = _manifest(loaded, plan, config, graphs, diffs, vision)
     body["weights"] = quantization or {"weights": "float"}
     if consume:
         loaded.model = None
@@ -196,18 +188,60 @@ def sample_size(loaded: Any) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _prepare_sample(loaded: Any, processor_dir: Path) -> Any:
+def check_sizes(loaded: Any) -> list[tuple[int, int]]:
+    """The traced size, then a wide and a tall image: vision.onnx is verified on all three."""
+    h, w = sample_size(loaded)
+    return [(h, w), (h, 2 * w), (2 * h + h // 2, w)]
+
+
+def _vision(loaded: Any, folder: Path, config: ExportConfig, graphs: dict[str, Any],
+            diffs: dict[str, float]) -> dict[str, Any]:
+    """Write vision.onnx (traced once, dynamic as the family declares), verify it at several image
+    sizes against Hugging Face's ``get_image_features``; the manifest's ``vision`` entry."""
+    from rlens.export.vision import vision_inputs
     from rlens.processing import Processor
 
-    size = sample_size(loaded)
-    return Processor(processor_dir, loaded.family, loaded.config).prepare(sample_image(size), "Describe the image.")
+    proc_dir = folder / "processor"
+    bounds = lower_processor_bounds(loaded.family, proc_dir, config.max_pixels, config.max_tiles)
+    proc = Processor(proc_dir, loaded.family, loaded.config)
+    prepared = [proc.prepare(sample_image(size), "Describe the image.") for size in check_sizes(loaded)]
+    vis = vision_model(loaded, vision_inputs(loaded, prepared[0].vision), config.opset)
+    graphs["vision"] = {"files": save_onnx(vis, folder / "vision.onnx", config.external_data), **_io_table(vis)}
+    if config.verify:
+        diffs["vision"] = max(_check_vision(loaded, folder / "vision.onnx", p.vision) for p in prepared)
+    params = loaded.family.vision_params(loaded.config)
+    return {"params": params, "bounds": bounds, "axes": loaded.family.vision_axes(params, bounds),
+            "per_image": [p.visual_span[1] for p in prepared], "checked_sizes": [list(s) for s in check_sizes(loaded)]}
 
 
-def _check_vision(loaded: Any, path: Path, inputs: dict[str, np.ndarray]) -> float:
+def lower_processor_bounds(family: Any, proc_dir: Path, max_pixels: int | None, max_tiles: int | None) -> dict[str, int]:
+    """Apply ``--max-pixels``/``--max-tiles`` to the bundle's image processor config (the file the
+    image processor is read from: processor_config.json's ``image_processor`` entry, else
+    preprocessor_config.json); the resulting bounds."""
+    import json
+
+    from rlens.imageproc import read_image_processor_config
+
+    cfg = read_image_processor_config(proc_dir)
+    lowered = family.lower_bounds(cfg, max_pixels, max_tiles)
+    if lowered is not cfg:
+        nested = proc_dir / "processor_config.json"
+        outer = json.loads(nested.read_text()) if nested.is_file() else {}
+        if isinstance(outer.get("image_processor"), dict):
+            nested.write_text(json.dumps(dict(outer, image_processor=lowered), indent=2, sort_keys=True) + "\n")
+        else:
+            (proc_dir / "preprocessor_config.json").write_text(json.dumps(lowered, indent=2, sort_keys=True) + "\n")
+    return family.image_bounds(lowered)
+
+
+def _check_vision(loaded: Any, path: Path, processed: dict[str, np.ndarray]) -> float:
+    from rlens.export.vision import vision_inputs
+
+    inputs = vision_inputs(loaded, processed)
     sess = _session(path)
     names = {i.name for i in sess.get_inputs()}
     got = sess.run(None, {k: v for k, v in inputs.items() if k in names})[0]
-    want = reference_features(loaded, inputs)
+    want = reference_features(loaded, processed)
     if got.shape != want.shape:
         raise BundleError(f"vision.onnx gives features {got.shape}, the model {want.shape}")
     return float(np.max(np.abs(got.astype(np.float64) - want)))
@@ -240,7 +274,7 @@ def _versions() -> dict[str, str]:
 
 
 def _manifest(loaded: Any, plan: Plan, config: ExportConfig, graphs: dict[str, Any], diffs: dict[str, float],
-              visual_tokens: int | None, image_size: tuple[int, int] | None = None) -> dict[str, Any]:
+              vision: dict[str, Any] | None) -> dict[str, Any]:
     fam = loaded.family
     geo = geometry(loaded)
     cfg = loaded.config
@@ -254,8 +288,7 @@ def _manifest(loaded: Any, plan: Plan, config: ExportConfig, graphs: dict[str, A
                   "max_position_embeddings": max_pos},
         "tokens": {"visual_token_ids": list(fam.visual_token_ids(cfg)),
                    "eos_token_id": _eos(cfg)},
-        "visual_tokens": {"per_image": visual_tokens, "rule": f"{fam.name}: Family.visual_tokens_from_pixels",
-                          "image_size": list(image_size) if image_size else None},
+        "vision": vision,
         "graphs": graphs,
         "plan": {"summary": plan.summary(), "ffn_mode": plan.ffn_mode, "ffn_probes": plan.ffn_probes,
                  "hollow_layers": [lp.index for lp in plan.layers if lp.hollow_window is not None],

@@ -60,11 +60,13 @@ class Family:
     rope_kind: ClassVar[str] = "default"
     #: config attributes holding the visual token id(s), first one present wins for each.
     visual_token_attrs: ClassVar[tuple[str, ...]] = ("image_token_id",)
-    #: what the chat template emits for an image, the token repeated per visual feature, and
-    #: the text that replaces the marker (``{visual}`` = the repeated token).
-    image_marker: ClassVar[str] = "<image>"
-    visual_token: ClassVar[str] = "<image>"
+    #: the text an image slot of the chat template becomes: ``{visual}`` is the image token (the
+    #: tokenizer's string for the model's image token id) repeated once per visual feature; other
+    #: fields come from :attr:`expansion_tokens`, overridden by the tokenizer config's special tokens.
     image_expansion: ClassVar[str] = "{visual}"
+    expansion_tokens: ClassVar[dict[str, str]] = {}
+    #: keyword arguments the model's own processor passes to its image processor
+    image_call_kwargs: ClassVar[dict[str, Any]] = {}
 
     # ---- structure -------------------------------------------------------------------------
     @classmethod
@@ -142,6 +144,51 @@ class Family:
     def visual_tokens_per_image(cls, config: Any, image_size: tuple[int, int] | None = None) -> int:
         """How many visual tokens one image gives (at ``image_size`` = (height, width) after resize)."""
         raise NotImplementedError
+
+    # ---- vision graph -----------------------------------------------------------------------
+    #: vision graph inputs with a dynamic axis: {input name: {axis: axis name}} (others fixed)
+    vision_dynamic_axes: ClassVar[dict[str, dict[int, str]]] = {}
+
+    @classmethod
+    def vision_params(cls, config: Any) -> dict[str, Any]:
+        """Numbers the runtime needs to build vision feeds (recorded in the manifest's ``vision``)."""
+        return {}
+
+    @classmethod
+    def vision_feeds(cls, processed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """The vision graph's inputs for one image, from the image processor's output (numpy)."""
+        return {k: v for k, v in processed.items() if k not in ("num_patches",)}
+
+    @classmethod
+    def token_grid(cls, processed: dict[str, Any], params: dict[str, Any]) -> tuple[int, int, int] | None:
+        """The (t, h, w) grid of the visual tokens, for families with M-RoPE (else ``None``)."""
+        return None
+
+    @classmethod
+    def vision_module(cls, model: Any, names: list[str]) -> Any:
+        """The torch module exported as vision.onnx: ``(*feeds in names order) -> features [N_v, H]``."""
+        return image_features_module(model, names)
+
+    @classmethod
+    def image_bounds(cls, image_processor: dict[str, Any]) -> dict[str, int]:
+        """The processor's bounds on image size / tiles (from preprocessor_config.json)."""
+        return {}
+
+    @classmethod
+    def vision_axes(cls, params: dict[str, Any], bounds: dict[str, int]) -> dict[str, list[int]]:
+        """[min, max] of each dynamic vision axis (by name) within the processor's bounds: TensorRT
+        profiles follow them."""
+        return {}
+
+    @classmethod
+    def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
+                     max_tiles: int | None) -> dict[str, Any]:
+        """preprocessor_config.json with bounds lowered (``--max-pixels``/``--max-tiles``)."""
+        for flag, value in (("--max-pixels", max_pixels), ("--max-tiles", max_tiles)):
+            if value is not None:
+                raise InputError(f"{flag} does not apply to {cls.name}: its processor resizes every image "
+                                 "to one fixed size")
+        return image_processor
 
     # ---- support checks --------------------------------------------------------------------
     @classmethod
@@ -271,12 +318,32 @@ def merged_patches(height: int, width: int, patch: int, merge: int = 1) -> int:
     return math.ceil(height / patch) * math.ceil(width / patch) // (merge * merge)
 
 
-def expand_image_marker(family: type[Family], text: str, n_visual: int) -> str:
-    """Replace the one image marker of a rendered chat prompt by the family's visual block."""
-    count = text.count(family.image_marker)
+def expand_image_marker(text: str, image_token: str, n_visual: int, expansion: str = "{visual}",
+                        tokens: dict[str, str] | None = None) -> str:
+    """Replace the one image slot (``image_token``) of a rendered chat prompt by the visual block."""
+    count = text.count(image_token)
     if count != 1:
-        raise InputError(
-            f"the prompt has {count} image slots ({family.image_marker!r}); rlens v1 takes exactly one image"
-        )
-    block = family.image_expansion.format(visual=family.visual_token * n_visual)
-    return text.replace(family.image_marker, block)
+        raise InputError(f"the prompt has {count} image slots ({image_token!r}); rlens v1 takes exactly one image")
+    block = expansion.format(visual=image_token * n_visual, **(tokens or {}))
+    return text.replace(image_token, block)
+
+
+def image_features_module(model: Any, names: list[str]) -> Any:
+    """The model's own ``get_image_features`` as a module of positional inputs (torch, lazily)."""
+    import torch
+
+    from rlens import hf_compat
+
+    class ImageFeatures(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: Any) -> Any:
+            out = hf_compat.image_features(self.model, **dict(zip(names, args)))
+            feats = getattr(out, "pooler_output", out)
+            if isinstance(feats, (list, tuple)):
+                feats = torch.cat(list(feats), 0)
+            return feats.reshape(-1, feats.shape[-1])
+
+    return ImageFeatures().eval()

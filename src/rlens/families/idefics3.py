@@ -1,13 +1,16 @@
 """Idefics3 / SmolVLM: SigLIP vision tower, pixel-shuffle connector, Llama/SmolLM text model.
 
-Image splitting puts row/column tokens between the tiles' visual tokens (several spans), so
-rlens processes Idefics3 images unsplit (``do_image_splitting=False``): one contiguous span.
+Image splitting puts row/column tokens between the tiles' visual tokens (several spans), which
+rlens v1 does not support: a checkpoint whose preprocessor_config.json has ``do_image_splitting``
+on (SmolVLM's default) is refused at export with one clear error; with it off, every image is
+resized to the processor's one size and gives one contiguous span, as Hugging Face's processor does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from rlens.errors import ModelError
 from rlens.families import register
 from rlens.families.base import Family, merged_patches
 
@@ -26,3 +29,12 @@ class Idefics3(Family):
     def visual_tokens_per_image(cls, config: Any, image_size: tuple[int, int] | None = None) -> int:
         vc = config.vision_config
         return merged_patches(vc.image_size, vc.image_size, vc.patch_size, config.scale_factor)
+
+    @classmethod
+    def image_bounds(cls, image_processor: dict[str, Any]) -> dict[str, int]:
+        if image_processor.get("do_image_splitting", True):
+            raise ModelError(
+                "Idefics3/SmolVLM image splitting (do_image_splitting in preprocessor_config.json) puts row/column "
+                "tokens between the tiles: several visual spans, which rlens v1 does not support. Set "
+                '"do_image_splitting": false in the checkpoint\'s preprocessor_config.json to export it unsplit')
+        return {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rlens.errors import ModelError
+from rlens.errors import InputError, ModelError
 from rlens.families import register
 from rlens.families.base import Family
 
@@ -21,8 +21,10 @@ class InternVL(Family):
     architectures = ("InternVLForConditionalGeneration",)
     model_types = ("internvl",)
     model_class = "InternVLForConditionalGeneration"
-    visual_token = "<IMG_CONTEXT>"
-    image_expansion = "<img>{visual}</img>"
+    image_expansion = "{start_image_token}{visual}{end_image_token}"
+    expansion_tokens = {"start_image_token": "<img>", "end_image_token": "</img>"}
+    image_call_kwargs = {"crop_to_patches": True}  # InternVLProcessor's default: dynamic tiling
+    vision_dynamic_axes = {"pixel_values": {0: "tiles"}}
 
     @classmethod
     def visual_tokens_per_image(cls, config: Any, image_size: tuple[int, int] | None = None) -> int:
@@ -33,10 +35,35 @@ class InternVL(Family):
     def visual_tokens_from_pixels(cls, config: Any, processed: dict[str, Any]) -> int:
         return int(processed["pixel_values"].shape[0]) * int(config.image_seq_length)
 
+    @classmethod
+    def image_bounds(cls, image_processor: dict[str, Any]) -> dict[str, int]:
+        """Tiles per image: ``min_patches..max_patches`` crops, plus a thumbnail when there are several."""
+        return {"min_tiles": int(image_processor.get("min_patches", 1)),
+                "max_tiles": int(image_processor.get("max_patches", 12))}
+
+    @classmethod
+    def vision_axes(cls, params: dict[str, Any], bounds: dict[str, int]) -> dict[str, list[int]]:
+        top = bounds["max_tiles"] + (1 if bounds["max_tiles"] > 1 else 0)  # + the thumbnail
+        return {"tiles": [1, top]}
+
+    @classmethod
+    def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
+                     max_tiles: int | None) -> dict[str, Any]:
+        if max_pixels is not None:
+            raise InputError(f"--max-pixels does not apply to {cls.name} (it cuts images into 448x448-style tiles); "
+                             "use --max-tiles")
+        bounds = cls.image_bounds(image_processor)
+        if max_tiles is None or max_tiles >= bounds["max_tiles"]:
+            return image_processor
+        if max_tiles < bounds["min_tiles"]:
+            raise InputError(f"--max-tiles {max_tiles} is below the processor's min_patches {bounds['min_tiles']}")
+        return dict(image_processor, max_patches=max_tiles)
+
 
 # InternLM2 -> native names, inside one decoder layer (packed wqkv handled separately).
 _LAYER_RENAMES = {
     "attention.wo.weight": "self_attn.o_proj.weight",
+    "attention.wo.bias": "self_attn.o_proj.bias",
     "feed_forward.w1.weight": "mlp.gate_proj.weight",
     "feed_forward.w3.weight": "mlp.up_proj.weight",
     "feed_forward.w2.weight": "mlp.down_proj.weight",
@@ -81,11 +108,12 @@ def internlm2_to_native(state: dict[str, Any], num_heads: int, num_kv_heads: int
         elif (m := _LAYER_KEY.match(key)) is not None:
             idx, rest = m.groups()
             prefix = f"layers.{idx}."
-            if rest == "attention.wqkv.weight":
-                q, k, v = unpack_wqkv(value, num_heads, num_kv_heads, head_dim)
-                out[prefix + "self_attn.q_proj.weight"] = q
-                out[prefix + "self_attn.k_proj.weight"] = k
-                out[prefix + "self_attn.v_proj.weight"] = v
+            if rest in ("attention.wqkv.weight", "attention.wqkv.bias"):
+                leaf = rest.rsplit(".", 1)[1]
+                packed = value if leaf == "weight" else value[:, None]
+                q, k, v = unpack_wqkv(packed, num_heads, num_kv_heads, head_dim)
+                for name, part in zip(("q_proj", "k_proj", "v_proj"), (q, k, v)):
+                    out[f"{prefix}self_attn.{name}.{leaf}"] = part if leaf == "weight" else part[:, 0]
             elif rest in _LAYER_RENAMES:
                 out[prefix + _LAYER_RENAMES[rest]] = value
             else:
@@ -96,29 +124,3 @@ def internlm2_to_native(state: dict[str, Any], num_heads: int, num_kv_heads: int
         raise ModelError(f"InternLM2 checkpoint has keys rlens cannot map: {', '.join(sorted(unknown)[:8])}")
     return out
 
-
-def native_to_internlm2(state: dict[str, Any], num_heads: int, num_kv_heads: int, head_dim: int) -> dict[str, Any]:
-    """The inverse packing (used by tests to build an InternLM2-layout checkpoint)."""
-    import torch
-
-    inv_layer = {v: k for k, v in _LAYER_RENAMES.items()}
-    inv_top = {v: k for k, v in _TOP_RENAMES.items()}
-    groups = num_heads // num_kv_heads
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        m = re.match(r"^layers\.(\d+)\.(.+)$", key)
-        if key in inv_top:
-            out[inv_top[key]] = value
-        elif key == "lm_head.weight":
-            out["output.weight"] = value
-        elif m and m.group(2) in inv_layer:
-            out[f"model.layers.{m.group(1)}.{inv_layer[m.group(2)]}"] = value
-        elif m and m.group(2) == "self_attn.q_proj.weight":
-            p = f"layers.{m.group(1)}.self_attn."
-            hidden = value.shape[-1]
-            q = state[p + "q_proj.weight"].reshape(num_kv_heads, groups, head_dim, hidden)
-            k = state[p + "k_proj.weight"].reshape(num_kv_heads, 1, head_dim, hidden)
-            v = state[p + "v_proj.weight"].reshape(num_kv_heads, 1, head_dim, hidden)
-            packed = torch.cat([q, k, v], dim=1).reshape(-1, hidden)
-            out[f"model.layers.{m.group(1)}.attention.wqkv.weight"] = packed
-    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlens.errors import InputError, ModelError
 from rlens.families import register
 from rlens.families.base import Family, merged_patches
 
@@ -17,8 +18,6 @@ class Qwen2VL(Family):
     vision_paths = ("model.visual",)
     rope_kind = "mrope"
     visual_token_attrs = ("image_token_id", "video_token_id")
-    image_marker = "<|image_pad|>"
-    visual_token = "<|image_pad|>"
 
     @classmethod
     def extra_text_inputs(cls, input_ids: Any, config: Any) -> dict[str, Any]:
@@ -27,6 +26,70 @@ class Qwen2VL(Family):
         ids = np.asarray(input_ids)
         types = np.where(ids == config.image_token_id, 1, np.where(ids == config.video_token_id, 2, 0))
         return {"mm_token_type_ids": types.astype(np.int64)}
+
+    vision_dynamic_axes = {"pixel_values": {0: "patches"}, "vision_position_ids": {0: "patches"},
+                           "window_index": {0: "merged_patches"}, "window_reverse": {0: "merged_patches"},
+                           "window_segments": {0: "patches"}}
+
+    @classmethod
+    def vision_params(cls, config: Any) -> dict[str, Any]:
+        vc = config.vision_config
+        windowed = bool(getattr(vc, "fullatt_block_indexes", None))
+        return {"merge_size": int(vc.spatial_merge_size), "patch_size": int(vc.patch_size),
+                "window_size": int(vc.window_size) if windowed else None}
+
+    @classmethod
+    def vision_feeds(cls, processed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        from rlens.families.qwen_vision import vision_feeds
+
+        grid = tuple(int(v) for v in processed["image_grid_thw"][0])
+        return {"pixel_values": processed["pixel_values"], **vision_feeds(grid, params)}
+
+    @classmethod
+    def token_grid(cls, processed: dict[str, Any], params: dict[str, Any]) -> tuple[int, int, int] | None:
+        merge = int(params["merge_size"])
+        t, h, w = (int(v) for v in processed["image_grid_thw"][0])
+        return (t, h // merge, w // merge)
+
+    @classmethod
+    def vision_module(cls, model: Any, names: list[str]) -> Any:
+        from rlens.families.qwen_vision import export_module, input_names
+
+        windowed = bool(getattr(model.config.vision_config, "fullatt_block_indexes", None))
+        if names != input_names(windowed):
+            raise ModelError(f"{cls.name}: vision inputs {names} are not {input_names(windowed)}")
+        return export_module(model)
+
+    @classmethod
+    def image_bounds(cls, image_processor: dict[str, Any]) -> dict[str, int]:
+        size = image_processor.get("size") or {}
+        low = image_processor.get("min_pixels") or size.get("shortest_edge")
+        high = image_processor.get("max_pixels") or size.get("longest_edge")
+        return {"min_pixels": int(low), "max_pixels": int(high)}
+
+    @classmethod
+    def vision_axes(cls, params: dict[str, Any], bounds: dict[str, int]) -> dict[str, list[int]]:
+        """Patches: at least one merge block, at most max_pixels / patch^2 (smart_resize keeps h*w <= max)."""
+        unit = int(params["merge_size"]) ** 2
+        top = bounds["max_pixels"] // int(params["patch_size"]) ** 2 // unit * unit
+        return {"patches": [unit, top], "merged_patches": [1, top // unit], "visual": [1, top // unit]}
+
+    @classmethod
+    def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
+                     max_tiles: int | None) -> dict[str, Any]:
+        if max_tiles is not None:
+            raise InputError(f"--max-tiles does not apply to {cls.name} (it resizes within min/max pixels); "
+                             "use --max-pixels")
+        bounds = cls.image_bounds(image_processor)
+        if max_pixels is None or max_pixels >= bounds["max_pixels"]:
+            return image_processor
+        if max_pixels < bounds["min_pixels"]:
+            raise InputError(f"--max-pixels {max_pixels} is below the processor's min_pixels {bounds['min_pixels']}")
+        out = dict(image_processor, size=dict(image_processor.get("size") or {}, longest_edge=max_pixels,
+                                              shortest_edge=bounds["min_pixels"]))
+        if "max_pixels" in out:
+            out["max_pixels"] = max_pixels
+        return out
 
     @classmethod
     def visual_tokens_from_pixels(cls, config: Any, processed: dict[str, Any]) -> int:

@@ -128,7 +128,7 @@ def prune_pre_hook(index: int, state: PruneState, chunk_span: Any) -> Any:
 def _choose_rows(state: PruneState, span: tuple[int, int], seq: int, batch: int, kwargs: dict) -> None:
     start, length = span
     scores = None
-    if state.pruning.method == "fastv" and length and state.pruning.kept(length):
+    if state.pruning.score_layer is not None and length and state.pruning.kept(length):
         assert state.scores is not None, "the FastV score layer did not run in this forward"
         past = state.scores.shape[1] - seq  # the score layer is unpruned: its keys are P + S
         scores = state.scores[:, past + start: past + start + length]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rlens.configs import BenchConfig
 from rlens.errors import InputError
 from rlens.processing import check_sequence_length
 from rlens.runtime import positions as pos_mod
@@ -24,34 +25,6 @@ from rlens.runtime.session import Session
 
 NOTE = ("synthetic decoder inputs: seeded random inputs_embeds with a visual span, no image and no vision "
         "graph; prefill = one decoder call over the whole prompt, decode = single-token steps on its KV cache")
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    visual_tokens: int = 1024
-    text_tokens: int = 64
-    repeat: int = 5
-    decode_tokens: int = 16
-    warmup: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        counts = (self.visual_tokens, self.text_tokens, self.repeat, self.decode_tokens, self.warmup, self.seed)
-        if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 1 << 24 for c in counts) or \
-                self.text_tokens < 1 or self.repeat < 1 or self.decode_tokens < 1:
-            raise InputError("bench needs --visual-tokens >= 0, text tokens >= 1, --repeat >= 1, decode tokens >= 1")
-
-    @property
-    def text_before(self) -> int:
-        return self.text_tokens // 4
-
-    @property
-    def span(self) -> tuple[int, int]:
-        return (self.text_before, self.visual_tokens)
-
-    @property
-    def seq(self) -> int:
-        return self.text_tokens + self.visual_tokens
 
 
 class Bench:

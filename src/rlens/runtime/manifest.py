@@ -80,20 +80,57 @@ class TokenSection:
 
 
 @dataclass(frozen=True)
-class VisualSection:
-    per_image: int | None = doc("visual tokens of the traced sample image", lo=0, hi=_BIG, default=None)
-    rule: str = doc("how the count follows from the pixels", default="", max_len=256)
-    image_size: tuple[int, ...] | None = doc("[height, width] the vision graph was traced at", lo=1, hi=16384,
-                                             max_items=2, default=None)
+class VisionSection:
+    params: dict[str, int | None] = doc("the family's numbers for building vision feeds (e.g. merge_size, "
+                                        "patch_size)", lo=0, hi=1 << 16, max_items=32, default={})
+    bounds: dict[str, int] = doc("the processor's image bounds (min/max_pixels, min/max_tiles), lowered by "
+                                 "--max-pixels/--max-tiles", lo=1, hi=1 << 30, max_items=16, default={})
+    axes: dict[str, tuple[int, ...]] = doc("[min, max] of each dynamic vision axis within the bounds", lo=0,
+                                           hi=_BIG, max_items=16, default={})
+    per_image: tuple[int, ...] = doc("visual tokens of each verified sample image", lo=0, hi=_BIG, max_items=16,
+                                     default=())
+    checked_sizes: tuple[tuple[int, ...], ...] = doc("[height, width] of the images vision.onnx was verified at",
+                                                     lo=1, hi=16384, max_items=16, default=())
     max_image_pixels: int = doc("images with more pixels are refused before decoding", lo=1, hi=1 << 28,
                                 default=DEFAULT_MAX_IMAGE_PIXELS)
 
     def __post_init__(self) -> None:
-        if self.image_size is not None:
-            if len(self.image_size) != 2:
-                raise ValueError("visual_tokens.image_size must be [height, width]")
-            if self.image_size[0] * self.image_size[1] > self.max_image_pixels:
-                raise ValueError(f"visual_tokens.image_size {list(self.image_size)} is over max_image_pixels")
+        for name, pair in self.axes.items():
+            if len(pair) != 2 or pair[0] > pair[1]:
+                raise ValueError(f"vision.axes.{name} must be [min, max], got {list(pair)}")
+        for low, high in (("min_pixels", "max_pixels"), ("min_tiles", "max_tiles")):
+            if low in self.bounds and high in self.bounds and self.bounds[low] > self.bounds[high]:
+                raise ValueError(f"vision.bounds.{low} {self.bounds[low]} is over {high} {self.bounds[high]}")
+        for size in self.checked_sizes:
+            if len(size) != 2 or size[0] * size[1] > self.max_image_pixels:
+                raise ValueError(f"vision.checked_sizes {list(size)} must be [height, width] within max_image_pixels")
+        if self.per_image and len(self.per_image) != len(self.checked_sizes):
+            raise ValueError("vision.per_image must have one count per vision.checked_sizes entry")
+
+
+@dataclass(frozen=True)
+class DecoderInputs:
+    sequence: int = doc("tokens of the decoder verification sample", lo=1, hi=_BIG)
+    visual_start: int = doc("first visual position in it", lo=0, hi=_BIG)
+    visual_length: int = doc("visual tokens in it (sized from the plan's windows and probes)", lo=0, hi=_BIG)
+    decode_steps: int = doc("decode steps verified after the prefill", lo=0, hi=1 << 16)
+
+    def __post_init__(self) -> None:
+        if self.visual_start + self.visual_length > self.sequence:
+            raise ValueError("verification.decoder_inputs: the visual span ends after the sequence")
+
+
+@dataclass(frozen=True)
+class VerificationSection:
+    tolerance: float = doc("max abs diff allowed", lo=0.0, hi=1e6)
+    max_abs_diff: dict[str, float] = doc("graph name -> max abs diff from the PyTorch model", lo=0.0, hi=1e6,
+                                         max_items=16)
+    decoder_inputs: DecoderInputs | None = doc("the decoder verification sample", default=None)
+
+    def __post_init__(self) -> None:
+        over = {k: v for k, v in self.max_abs_diff.items() if v > self.tolerance}
+        if over:
+            raise ValueError(f"verification.max_abs_diff {over} is over the tolerance {self.tolerance:g}")
 
 
 @dataclass(frozen=True)
@@ -121,14 +158,15 @@ class Manifest:
     opset: int = doc("ONNX opset", lo=1, hi=1000)
     model: ModelSection = doc("decoder sizes and positions")
     tokens: TokenSection = doc("special token ids")
-    visual_tokens: VisualSection = doc("visual token rules and image limits")
     graphs: dict[str, GraphEntry] = doc("name (decoder, embed_tokens, vision) -> files and I/O", max_items=16)
     plan: PlanSection = doc("the plan the bundle was exported with (full plan in plan.json)")
+    vision: VisionSection | None = doc("image preparation: feed params, processor bounds, vision axes, image "
+                                       "budget; null without a vision graph", default=None)
     ops: str = doc("operator set of the graphs: standard ONNX, or ONNX Runtime contrib ops (ort)",
                    choices=("standard", "ort"), default="standard")
     weights: dict[str, Any] = doc("weight format (float, int8, int4) and the quantization record", default={})
-    verification: dict[str, Any] | None = doc("tolerance and max abs diff per graph; null with --no-verify",
-                                              default=None)
+    verification: VerificationSection | None = doc("tolerance and max abs diff per graph; null with --no-verify",
+                                                   default=None)
     versions: dict[str, str] = doc("library versions at export", default={}, max_len=128)
     engines: dict[str, Any] | None = doc("TensorRT engines added by build-engine (file, profiles, target)",
                                          default=None)
@@ -150,6 +188,8 @@ class Manifest:
                 confined(f)
                 if f not in listed:
                     raise ValueError(f"graphs.{gname}: {f} has no sha256 in 'files'")
+        if ("vision" in self.graphs) != (self.vision is not None):
+            raise ValueError("'vision' must be present exactly when graphs.vision is")
 
     # ---- the accessors the runtime uses ---------------------------------------------------------
     @property
@@ -170,13 +210,13 @@ class Manifest:
         return list(eos) if isinstance(eos, tuple) else eos
 
     @property
-    def image_size(self) -> tuple[int, int] | None:
-        size = self.visual_tokens.image_size
-        return (size[0], size[1]) if size else None
+    def max_image_pixels(self) -> int:
+        return self.vision.max_image_pixels if self.vision else DEFAULT_MAX_IMAGE_PIXELS
 
     @property
-    def max_image_pixels(self) -> int:
-        return self.visual_tokens.max_image_pixels
+    def vision_params(self) -> dict[str, Any]:
+        """The family's numbers for building vision feeds (manifest ``vision.params``)."""
+        return dict(self.vision.params) if self.vision else {}
 
     @property
     def max_sequence(self) -> int | None:

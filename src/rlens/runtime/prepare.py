@@ -1,10 +1,10 @@
 """Image + prompt -> decoder inputs, from the bundle's processor files (no torch, no model config).
 
-Pixels come from the bundle's image processor; when they do not have the shape the vision graph
-was exported for (Qwen2-VL folds its patch grid into vision.onnx, so a non-square image gives
-another grid), the image is resized to the traced size and processed again; a mismatch after
-that is an :class:`InputError`. The number of visual tokens is the number of feature rows the
-vision graph returns; the prompt's image marker is expanded to that many visual tokens.
+Pixels come from the bundle's image processor (the checkpoint's own, bounds possibly lowered at
+export), at the image's own size: the family turns them into the vision graph's feeds
+(``Family.vision_feeds``, numpy) and gives the token grid for M-RoPE (``Family.token_grid``); generic
+code names no family. The number of visual tokens is the number of feature rows the vision graph
+returns; the prompt's image marker is expanded to that many visual tokens.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ class Pixels:
 
     feeds: dict[str, np.ndarray]
     grid: tuple[int, int, int] | None
-    resized_to: tuple[int, int] | None
     processed: dict[str, np.ndarray]  # every output of the image processor (e.g. image_grid_thw)
 
 
@@ -43,7 +42,7 @@ class Preparer:
     def __init__(self, manifest: Manifest, vision_inputs: dict[str, TensorSpec] | None) -> None:
         self.manifest = manifest
         self.family = family_by_name(manifest.family)
-        self.processor = Processor(manifest.folder / "processor", self.family, None)
+        self.processor = Processor(manifest.folder / "processor", self.family, None, manifest.visual_token_ids)
         self.vision_inputs = vision_inputs or {}
 
     @property
@@ -61,42 +60,28 @@ class Preparer:
 
     # ---- pixels --------------------------------------------------------------------------------
     def pixels(self, image: Any) -> Pixels:
+        """The image as the model's own processor prepares it, and the vision graph's feeds.
+
+        The family turns the processor's output into feeds (Qwen2-VL: rotary/window indices of the
+        image's own grid, numpy); shapes the vision graph cannot take are one :class:`InputError`.
+        """
         img = load_image(image, self.manifest.max_image_pixels)
-        feeds, grid, out = self._process(img)
-        if self._fits(feeds):
-            return Pixels(feeds, grid, None, out)
-        size = self.manifest.image_size or (max(img.size),) * 2
-        resized = img.resize((size[1], size[0]), _bicubic())
-        feeds, grid, out = self._process(resized)
-        if not self._fits(feeds):
-            got = {k: list(v.shape) for k, v in feeds.items()}
-            want = {k: list(s.shape) for k, s in self.vision_inputs.items()}
-            raise InputError(f"the image ({img.size[0]}x{img.size[1]}) processes to {got}, but this bundle's "
-                             f"vision graph was exported for {want}")
-        return Pixels(feeds, grid, size, out)
-
-    def _process(self, img: Any) -> tuple[dict[str, np.ndarray], tuple[int, int, int] | None, dict[str, np.ndarray]]:
         out = self.processor.process_image(img)
-        grid = None
-        if "image_grid_thw" in out:
-            merge = int(getattr(self.processor.image_processor, "merge_size", 1) or 1)
-            t, h, w = (int(x) for x in out["image_grid_thw"][0])
-            grid = (t, h // merge, w // merge)
-        feeds = {k: v for k, v in out.items() if k in self.vision_inputs}
-        for name, spec in self.vision_inputs.items():
-            if name in feeds and feeds[name].dtype != spec.dtype:
-                feeds[name] = feeds[name].astype(spec.dtype)
-        return feeds, grid, out
-
-    def _fits(self, feeds: dict[str, np.ndarray]) -> bool:
-        if set(feeds) != set(self.vision_inputs):
-            missing = sorted(set(self.vision_inputs) - set(feeds))
+        params = self.manifest.vision_params
+        feeds = {k: v for k, v in self.family.vision_feeds(out, params).items() if k in self.vision_inputs}
+        missing = sorted(set(self.vision_inputs) - set(feeds))
+        if missing:
             raise InputError(f"the bundle's image processor gives no {missing} for the vision graph")
         for name, spec in self.vision_inputs.items():
+            if feeds[name].dtype != spec.dtype:
+                feeds[name] = feeds[name].astype(spec.dtype)
             fixed = [(g, w) for g, w in zip(feeds[name].shape, spec.shape) if isinstance(w, int) and w >= 0]
             if feeds[name].ndim != len(spec.shape) or any(g != w for g, w in fixed):
-                return False
-        return True
+                got = {k: list(v.shape) for k, v in feeds.items()}
+                want = {k: list(s.shape) for k, s in self.vision_inputs.items()}
+                raise InputError(f"the image ({img.size[0]}x{img.size[1]}) processes to {got}, but this bundle's "
+                                 f"vision graph takes {want}")
+        return Pixels(feeds, self.family.token_grid(out, params), out)
 
     # ---- text ----------------------------------------------------------------------------------
     def tokens(self, prompt: str, n_visual: int) -> Tokens:
@@ -123,8 +108,3 @@ def visual_span(ids: np.ndarray, visual_ids: tuple[int, ...]) -> tuple[int, int]
                          "in between); this bundle supports one contiguous visual span (one image)")
     return (start, stop - start)
 
-
-def _bicubic() -> Any:
-    from PIL import Image
-
-    return Image.Resampling.BICUBIC

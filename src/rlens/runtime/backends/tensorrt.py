@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from rlens.attention_modes import needs_plugin
 from rlens.runtime.backends.base import Backend, BackendError, TensorSpec
 from rlens.runtime.manifest import read_manifest
 
@@ -110,7 +111,7 @@ class TensorRTBackend(Backend):
             raise BackendError(f"{bundle} has no TensorRT engine for {graph}; build it on this GPU with "
                                f"`rlens build-engine {bundle}`")
         check_engine_record(record, current_target(), graph)
-        if manifest.get("attention") == "plugin":
+        if needs_plugin(manifest.get("attention")):
             self._load_plugin(trt)
         logger = trt.Logger(trt.Logger.WARNING)
         self._engine = trt.Runtime(logger).deserialize_cuda_engine(typed.path(str(record["file"])).read_bytes())

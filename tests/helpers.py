@@ -1,0 +1,44 @@
+"""Helpers shared by the tests (plain functions; fixtures live in conftest.py). Tests import this
+module, never another test module, conftest or a benchmark script."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlens.presets import PRESETS
+
+PRESET_NAMES = list(PRESETS)
+
+
+def sample_image(seed: int = 0, size: tuple[int, int] = (90, 120)):
+    """A deterministic random RGB PIL image of ``size`` (height, width)."""
+    from PIL import Image
+
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(size[0], size[1], 3) * 255).astype("uint8"))
+
+
+def ort_session(model):
+    """An ONNX Runtime CPU session of an in-memory ModelProto."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def hf_greedy(loaded, prompt, max_new_tokens: int, eos: int) -> list[int]:
+    """Hugging Face ``generate`` (greedy) on exactly the runtime's input ids and pixels."""
+    import torch
+
+    proc = {k: v for k, v in prompt.pixels.processed.items() if k != "num_patches"}
+    inputs = {"input_ids": prompt.input_ids, **loaded.family.extra_text_inputs(prompt.input_ids, loaded.config),
+              **proc}
+    inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items()}
+    with torch.no_grad():
+        out = loaded.model.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]),
+                                    max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
+                                    pad_token_id=eos)
+    return out[0, prompt.input_ids.shape[1]:].tolist()
+
+
+def until_eos(ids: list[int], eos: int) -> list[int]:
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
