@@ -185,7 +185,8 @@ class ExportConfig:
     tolerance: float | None = option(None, "max abs diff allowed at verification (default "
                                      f"{DEFAULT_TOLERANCE['fp32']:g} fp32, {DEFAULT_TOLERANCE['fp16']:g} fp16)",
                                      metavar="T", parse=float)
-    overwrite: bool = option(False, "replace an existing bundle folder")
+    overwrite: bool = option(False, "replace an existing rlens bundle at the output (nothing else is ever "
+                             "replaced: a folder of other files, a link or a device is refused)")
     ops: str | None = option(None, "ort: ONNX Runtime contrib ops (GroupQueryAttention with the KV cache, "
                              "RotaryEmbedding, SkipSimplifiedLayerNormalization, packed q/k/v) in unreduced layers "
                              "and the text rows of reduced ones; standard: ONNX ops only, as TensorRT parses them "
