@@ -59,6 +59,8 @@ def _parse(tp: Any, value: Any, where: str, meta: dict[str, Any]) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:  # ``T | None``: T's own error, with its full field path
+            return _parse(inner[0], value, where, meta)
         errors = []
         for a in inner:
             try:
