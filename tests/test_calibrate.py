@@ -297,12 +297,13 @@ def test_empty_or_unreadable_data_file(tmp_path):
         load_calibration_data(tmp_path / "nope.jsonl")
 
 
-def test_prompt_with_a_second_image_slot_names_the_line(tmp_path):
+def test_image_markers_in_a_prompt_are_text_not_a_second_image_slot(tmp_path):
     f = _write_data(tmp_path, [{"image": "a.png", "prompt": "ok"},
                                {"image": "a.png", "prompt": "look <|image_pad|> here"}])
     loaded = _loaded("tiny-qwen2-vl")
-    with pytest.raises(InputError, match=r"data.jsonl:2: .*image slots"):
-        plan_from_model(loaded, CalibrationConfig(**FAST), f)
+    plain, marked = encode_samples(loaded, load_calibration_data(f))
+    assert marked.visual_span == plain.visual_span  # one span: the typed marker did not become image tokens
+    assert marked.length > plain.length
 
 
 def test_builtin_set_is_deterministic():

@@ -103,7 +103,7 @@ def test_calibrate_writes_a_valid_plan_and_report(tmp_path):
 def test_calibrate_negative_greedy_cache_is_one_line(tmp_path):
     out = tmp_path / "plan.json"
     r = _rlens("calibrate", "tiny-llava", "--out", str(out), "--greedy-cache", "-1")
-    assert r.returncode == 2 and "--greedy-cache must be >= 0 GiB" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--greedy-cache must be" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rlens.errors import BundleError, InputError
+from rlens.errors import BundleError, InputError, OutputError
 from rlens.export import ExportConfig, bundle_from_plan
 from rlens.models import load_model
 from rlens.plan import LayerPlan, Plan
@@ -25,7 +25,7 @@ def test_bundle_every_preset(tmp_path, preset):
     lm = load_model(preset)
     out = bundle_from_plan(lm, static_plan(lm.info()), tmp_path / "bundle", ExportConfig())
     m = json.loads((out / "manifest.json").read_text())
-    assert m["format"] == "rlens.bundle" and m["version"] == 1
+    assert m["format"] == "rlens.bundle" and m["version"] == 2 and m["digest"].startswith("sha256:")
     diffs = m["verification"]["max_abs_diff"]
     print(preset, diffs)
     assert set(diffs) == {"vision", "decoder", "embed_tokens"}
@@ -55,7 +55,7 @@ def test_existing_bundle_refused_unless_overwrite(tmp_path):
     plan = Plan(model=lm.info())
     cfg = ExportConfig(verify=False, vision=False)
     bundle_from_plan(lm, plan, tmp_path / "b", cfg)
-    with pytest.raises(BundleError, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         bundle_from_plan(lm, plan, tmp_path / "b", cfg)
     bundle_from_plan(lm, plan, tmp_path / "b", ExportConfig(verify=False, vision=False, overwrite=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
@@ -64,7 +64,7 @@ def test_existing_bundle_refused_unless_overwrite(tmp_path):
 def test_failed_verification_leaves_nothing(tmp_path):
     lm = load_model("tiny-llava")
     with pytest.raises(BundleError, match="verification failed"):
-        bundle_from_plan(lm, static_plan(lm.info()), tmp_path / "b", ExportConfig(tolerance=-1.0, vision=False))
+        bundle_from_plan(lm, static_plan(lm.info()), tmp_path / "b", ExportConfig(tolerance=1e-12, vision=False))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -185,7 +185,8 @@ class ExportConfig:
     tolerance: float | None = option(None, "max abs diff allowed at verification (default "
                                      f"{DEFAULT_TOLERANCE['fp32']:g} fp32, {DEFAULT_TOLERANCE['fp16']:g} fp16)",
                                      metavar="T", parse=float)
-    overwrite: bool = option(False, "replace an existing bundle folder")
+    overwrite: bool = option(False, "replace an existing rlens bundle at the output (nothing else is ever "
+                             "replaced: a folder of other files, a link or a device is refused)")
     ops: str | None = option(None, "ort: ONNX Runtime contrib ops (GroupQueryAttention with the KV cache, "
                              "RotaryEmbedding, SkipSimplifiedLayerNormalization, packed q/k/v) in unreduced layers "
                              "and the text rows of reduced ones; standard: ONNX ops only, as TensorRT parses them "
@@ -218,7 +219,9 @@ class ExportConfig:
                   (self.weights == "float" or self.resolved_ops == "ort" or self.opset >= 21,
                    f"--weights {self.weights} with --ops standard writes DequantizeLinear with int4/blocks: needs --opset 21"),
                   (self.max_pixels is None or self.max_pixels > 0, f"--max-pixels must be > 0, got {self.max_pixels}"),
-                  (self.max_tiles is None or self.max_tiles > 0, f"--max-tiles must be > 0, got {self.max_tiles}")]
+                  (self.max_tiles is None or self.max_tiles > 0, f"--max-tiles must be > 0, got {self.max_tiles}"),
+                  (self.tolerance is None or 0 <= self.tolerance < float("inf"),
+                   f"--tolerance must be a finite number >= 0, got {self.tolerance}")]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
@@ -269,7 +272,9 @@ class BenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.visual_tokens < 0 or self.text_tokens < 1 or self.repeat < 1 or self.decode_tokens < 1:
+        counts = (self.visual_tokens, self.text_tokens, self.repeat, self.decode_tokens, self.warmup, self.seed)
+        if any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < 1 << 24 for c in counts) or \
+                self.text_tokens < 1 or self.repeat < 1 or self.decode_tokens < 1:
             raise InputError("bench needs --visual-tokens >= 0, text tokens >= 1, --repeat >= 1, decode tokens >= 1")
 
     @property

@@ -23,3 +23,11 @@ class InputError(RlensError):
 
 class BundleError(RlensError):
     """A bundle that is missing files, of another version, or damaged."""
+
+
+class OutputError(RlensError):
+    """An output path rlens may not write (not absent and not an rlens artifact, locked, unwritable)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so every ``finally``/cleanup runs as for Ctrl-C."""

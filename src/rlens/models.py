@@ -114,10 +114,10 @@ def _auto_config(path: Path, trust_remote_code: bool) -> Any:
 
     try:
         return transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except ValueError as e:
+    except (ValueError, OSError, TypeError, KeyError, AttributeError, RecursionError) as e:
         if "trust_remote_code" in str(e):
             raise ModelError(f"{path} needs remote code; pass --trust-remote-code if you trust it") from None
-        raise ModelError(f"cannot read {path}/config.json: {e}") from None
+        raise ModelError(f"cannot read {path}/config.json: {type(e).__name__}: {str(e)[:300]}") from None
 
 
 def _load_directory(path: Path, trust_remote_code: bool, dtype: str, placement: dict[str, Any]) -> LoadedModel:
@@ -136,8 +136,13 @@ def _load_directory(path: Path, trust_remote_code: bool, dtype: str, placement: 
     archs = [a for a in (config.architectures or []) if a in fam.architectures and hasattr(transformers, a)]
     cls = getattr(transformers, archs[0] if archs else fam.model_class)
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, DTYPES[dtype])
-    model = cls.from_pretrained(str(path), config=config, dtype=torch_dtype, use_safetensors=True,
-                                trust_remote_code=trust_remote_code, **placement)
+    try:
+        model = cls.from_pretrained(str(path), config=config, dtype=torch_dtype, use_safetensors=True,
+                                    trust_remote_code=trust_remote_code, **placement)
+    except Exception as e:  # safetensors' SafetensorError, size mismatches, ... : the files, not rlens
+        if isinstance(e, ModelError):
+            raise
+        raise ModelError(f"cannot load the weights in {path}: {type(e).__name__}: {str(e)[:300]}") from None
     fam.check_supported(model)
     return LoadedModel(model=model.eval(), family=fam, source=str(path))
 

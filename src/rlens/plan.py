@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ FORMAT = "rlens.plan"
 VERSION = 1
 FFN_MODES = ("static", "dynamic")
 DEFAULT_VTW_ETA = 0.003
+MAX_PLAN_BYTES = 256 << 20
 
 
 def ffn_keep_for(rho: float, m: int) -> int:
@@ -199,9 +201,14 @@ def empty_plan(info: ModelInfo) -> Plan:
 def load_plan(path: str | os.PathLike[str], info: ModelInfo | None = None) -> Plan:
     """Read and validate a plan file; with ``info``, also check it matches that model."""
     try:
-        text = Path(path).read_text()
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PLAN_BYTES:
+            raise PlanError(f"cannot read plan {path}: not a regular file of at most {MAX_PLAN_BYTES >> 20} MiB")
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise PlanError(f"cannot read plan {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise PlanError(f"cannot read plan {path}: not UTF-8 text (is it a plan.json?)") from None
     plan = plan_from_json_text(text, source=str(path))
     if info is not None:
         plan.check_matches(info)
@@ -211,8 +218,8 @@ def load_plan(path: str | os.PathLike[str], info: ModelInfo | None = None) -> Pl
 def plan_from_json_text(text: str, source: str = "plan") -> Plan:
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise PlanError(f"{source}: not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, over-long integers, deep nesting
+        raise PlanError(f"{source}: not valid JSON ({str(e)[:200]})") from None
     return plan_from_dict(data, source)
 
 
@@ -263,9 +270,9 @@ class _Reader:
             raise PlanError(f"{self.source}: {message}")
 
     def integer(self, value: Any, name: str, lo: int | None = None, hi: int | None = None) -> int:
-        self.require(type(value) is int, f"{name} must be an integer, got {value!r}")
-        self.require(lo is None or value >= lo, f"{name}={value} is below {lo}")
-        self.require(hi is None or value <= hi, f"{name}={value} is above {hi}")
+        self.require(type(value) is int, f"{name} must be an integer, got {str(value)[:40]!r}")
+        self.require(lo is None or value >= lo, f"{name}={str(value)[:40]} is below {lo}")
+        self.require(hi is None or value <= hi, f"{name}={str(value)[:40]} is above {hi}")
         return value
 
 

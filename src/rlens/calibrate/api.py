@@ -35,7 +35,7 @@ def plan_from_model(loaded: Any, config: CalibrationConfig,
     if data is None:
         samples, origin = builtin_calibration_set(seed=config.seed), "builtin"
     elif isinstance(data, (str, os.PathLike)):
-        samples, origin = load_calibration_data(data), str(data)
+        samples, origin = load_calibration_data(data, config.max_samples), str(data)
     else:
         samples, origin = list(data), "samples"
     if config.max_samples is not None:

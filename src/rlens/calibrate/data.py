@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from rlens.errors import InputError
+from rlens.processing import check_sequence_length, probe_image
 
 
 @dataclass(frozen=True)
 class CalibrationSample:
-    image: Any  # a PIL image
+    image: Any  # a PIL image, or the path of one (decoded only when the sample is encoded)
     prompt: str
     answer: str | None = None
     source: str = ""  # "file.jsonl:3" or "builtin:3", for error messages
@@ -41,18 +42,25 @@ class Encoded:
 
 
 # ---- the JSONL file --------------------------------------------------------------------------
-def load_calibration_data(path: str | Path) -> list[CalibrationSample]:
-    """Read and check a JSONL calibration file (images are opened now, so errors come early)."""
+def load_calibration_data(path: str | Path, max_samples: int | None = None) -> list[CalibrationSample]:
+    """Read and check a JSONL calibration file, up to ``max_samples`` samples (the rest is not read).
+
+    Image paths are checked now (they exist, are files); images are decoded only when encoded.
+    """
     path = Path(path)
+    samples: list[CalibrationSample] = []
     try:
-        lines = path.read_text().splitlines()
+        if not path.is_file():
+            raise InputError(f"cannot read calibration data {path}: not a regular file")
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if max_samples is not None and len(samples) >= max_samples:
+                    break
+                if line.strip():
+                    samples.append(_sample_from_line(path, number, line))
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or e
         raise InputError(f"cannot read calibration data {path}: {reason}") from None
-    samples = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            samples.append(_sample_from_line(path, number, line))
     if not samples:
         raise InputError(f"{path}: no calibration samples (the file has no JSON lines)")
     return samples
@@ -62,8 +70,8 @@ def _sample_from_line(path: Path, number: int, line: str) -> CalibrationSample:
     where = f"{path}:{number}"
     try:
         row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{where}: not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, over-long integers, deep nesting
+        raise InputError(f"{where}: not valid JSON ({getattr(e, 'msg', str(e))[:200]})") from None
     if not isinstance(row, dict):
         raise InputError(f"{where}: expected an object {{\"image\": ..., \"prompt\": ...}}")
     unknown = set(row) - {"image", "prompt", "answer"}
@@ -76,20 +84,18 @@ def _sample_from_line(path: Path, number: int, line: str) -> CalibrationSample:
         raise InputError(f"{where}: 'prompt' must be a non-empty string")
     if answer is not None and (not isinstance(answer, str) or not answer.strip()):
         raise InputError(f"{where}: 'answer' must be a non-empty string when given")
-    image_path = (path.parent / image) if not Path(image).is_absolute() else Path(image)
-    if not image_path.is_file():
-        raise InputError(f"{where}: image {image_path} not found")
-    return CalibrationSample(_open_image(image_path, where), prompt, answer, where)
-
-
-def _open_image(path: Path, where: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise InputError(f"{where}: cannot read image {path}: {e}") from None
+        image_path = (path.parent / image) if not Path(image).is_absolute() else Path(image)
+        found = image_path.is_file()
+    except (OSError, ValueError) as e:
+        raise InputError(f"{where}: bad image path {image!r}: {e}") from None
+    if not found:
+        raise InputError(f"{where}: image {image_path} not found (or not a regular file)")
+    try:
+        probe_image(image_path)  # the header only: a bad or oversized image fails now, naming its line
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
+    return CalibrationSample(image_path, prompt, answer, where)
 
 
 # ---- the built-in set ------------------------------------------------------------------------
@@ -197,12 +203,14 @@ def _encode(proc: Any, loaded: Any, sample: CalibrationSample) -> Encoded:
     ids = prepared.input_ids
     n_answer = 0
     if sample.answer:
-        answer_ids = proc.tokenizer.encode(sample.answer, add_special_tokens=False).ids
+        answer_ids = proc.encode_text(sample.answer)
         n_answer = len(answer_ids)
         ids = np.concatenate([ids, np.asarray([answer_ids], dtype=np.int64)], axis=1)
         prepared.input_ids = ids
         prepared.extra = loaded.family.extra_text_inputs(ids, loaded.config)
     seq = int(ids.shape[1])
+    limit = getattr(loaded.config.get_text_config(), "max_position_embeddings", None)
+    check_sequence_length(seq, int(limit) if limit else None, f"{sample.source}: prompt + image + answer")
     positions = tuple(range(seq - n_answer - 1, seq - 1)) if n_answer else tuple(range(start + length, seq))
     inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in proc.model_inputs(prepared).items()}
     return Encoded(inputs, (start, length), positions, seq, "model", sample.source)

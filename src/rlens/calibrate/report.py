@@ -78,8 +78,13 @@ def format_table(report: CalibrationReport) -> str:
     return "\n".join(lines)
 
 
-def write_report(report: CalibrationReport, png_path: str | os.PathLike[str]) -> Path:
-    """Divergence per ranking step, FLOPs ratio vs proportion, per-layer sensitivity bars."""
+def write_report(report: CalibrationReport, png_path: str | os.PathLike[str], overwrite: bool = True) -> Path:
+    """Divergence per ranking step, FLOPs ratio vs proportion, per-layer sensitivity bars.
+
+    Written through :func:`rlens.fileio.output_writer`: a file there is replaced only if it is an
+    rlens report (PNG text ``Software: rlens``) and ``overwrite``."""
+    from rlens.fileio import output_writer
+
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -91,11 +96,12 @@ def write_report(report: CalibrationReport, png_path: str | os.PathLike[str]) ->
     _plot_sensitivity(axes[2], report)
     fig.suptitle(f"rlens calibrate — {report.method} ranking, {report.samples} samples")
     fig.tight_layout()
-    path = Path(png_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        with output_writer(png_path, "report", overwrite) as tmp:
+            fig.savefig(tmp, dpi=110, format="png", metadata={"Software": "rlens"})
+    finally:
+        plt.close(fig)
+    return Path(os.path.abspath(png_path))
 
 
 def _plot_steps(ax, report: CalibrationReport) -> None:

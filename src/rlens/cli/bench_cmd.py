@@ -33,12 +33,40 @@ def run(args: argparse.Namespace) -> int:
     from rlens.configs import BenchConfig
     from rlens.runtime.bench import bench, format_table
 
+    if args.json:
+        check_json_out(Path(args.json))  # before the benchmark, not after it
     cfg = config_from_args(BenchConfig, args)
     result = bench(args.bundle, args.against, cfg, providers=providers_of(args), backend=args.backend,
                    threads=args.threads)
     print(format_table(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_results(Path(args.json), result)
         print(f"rlens: wrote {args.json}", file=sys.stderr)
     return 0
+
+
+def check_json_out(path: Path) -> None:
+    """--json may name a new file or an earlier bench result (a JSON object), nothing else."""
+    from rlens.errors import OutputError
+
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise OutputError(f"--json {path} is a folder, link or device; give a file name")
+    if path.exists():
+        try:
+            ok = path.stat().st_size < 1 << 24 and isinstance(json.loads(path.read_bytes()).get("bundles"), list)
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise OutputError(f"--json {path} exists and is not an rlens bench result; refusing to replace it")
+
+
+def write_results(path: Path, result: dict) -> None:
+    from rlens.errors import OutputError
+    from rlens.fileio import write_json_atomic
+
+    check_json_out(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, result)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None

@@ -42,7 +42,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Run MODEL on calibration samples, rank its decoder layers from most to least redundant "
                     "(DESIGN §3.3), pick static FFN units, and write plan.json plus plan.report.png beside it.")
     add_model_argument(p)
-    p.add_argument("--out", required=True, metavar="PLAN", help="plan.json to write (atomically)")
+    p.add_argument("--out", required=True, metavar="PLAN",
+                   help="plan.json to write (atomically; an existing file only with --overwrite, and only an rlens plan)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing rlens plan (and its report PNG) at --out; nothing else is ever replaced")
     add_calibration_flags(p)
     add_placement_flags(p)
     p.set_defaults(func=run)
@@ -98,16 +101,21 @@ def placement(args: argparse.Namespace, offload_dir: str) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     from rlens.models import load_model
 
+    from rlens.calibrate import report_path_for, write_report
+    from rlens.fileio import check_output, write_text_output
+
     config = calibration_config(args, args.ffn_mode)
+    inputs = [p for p in (args.model, args.data) if p and Path(p).exists()]
+    png_path = report_path_for(Path(args.out))
+    check_output(args.out, "plan", args.overwrite, inputs)  # fail before the long part, check again at the end
+    check_output(png_path, "report", args.overwrite, inputs)
     with tempfile.TemporaryDirectory(prefix="rlens-offload-") as offload:
         loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype,
                             placement=placement(args, offload))
         plan, report = calibrate(loaded, config, args.data)
         del loaded
-    plan.save(args.out)
-    from rlens.calibrate import report_path_for, write_report
-
-    png = write_report(report, report_path_for(Path(args.out)))
+    write_text_output(args.out, plan.dumps(), "plan", args.overwrite, inputs)
+    png = write_report(report, png_path, args.overwrite)
     print(f"rlens: wrote {args.out} ({plan.summary()}) and {png}", file=sys.stderr)
     return 0
 

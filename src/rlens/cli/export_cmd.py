@@ -39,11 +39,22 @@ def run(args: argparse.Namespace) -> int:
     from rlens.models import load_model
     from rlens.plan import empty_plan, load_plan
 
-    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype)
+    from rlens.fileio import check_output
+
     config = export_config(args)
+    check_output(args.out, "bundle", config.overwrite, inputs_of(args))  # before the long part; again at the end
+    loaded = load_model(args.model, trust_remote_code=args.trust_remote_code, dtype=args.load_dtype)
     info = loaded.info()
     plan = load_plan(args.plan, info) if args.plan else empty_plan(info)
     return write_bundle(loaded, plan, args.out, config)
+
+
+def inputs_of(args: argparse.Namespace) -> list[str]:
+    """The paths a command reads (an output may never be or contain one)."""
+    from pathlib import Path
+
+    names = (getattr(args, n, None) for n in ("model", "plan", "data"))
+    return [p for p in names if p and Path(p).exists()]
 
 
 def write_bundle(loaded, plan, out, config) -> int:

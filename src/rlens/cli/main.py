@@ -9,10 +9,11 @@ import os
 import sys
 
 from rlens import __version__
-from rlens.errors import RlensError
+from rlens.cli.checks import Parser, check_ranges, run_command
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rlens",
         description="RedundancyLens for multimodal LLMs: calibrate, export and run reduced bundles.",
     )
@@ -57,14 +58,12 @@ def configure_logging(prog: str) -> None:
 def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     configure_logging(parser.prog)
-    try:
-        return int(args.func(args) or 0)
-    except RlensError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
+
+    def call() -> int:
+        check_ranges(args)
+        return args.func(args)
+
+    return run_command(parser.prog, call)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,13 +8,14 @@ import sys
 from rlens.configs import EngineConfig
 
 from rlens.cli import add_model_argument
+from rlens.cli.checks import Parser
 from rlens.cli.flags import add_flags, config_from_args
 from rlens.cli.calibrate_cmd import add_calibration_flags, calibrate, calibration_config
-from rlens.cli.export_cmd import add_export_flags, export_config, write_bundle
+from rlens.cli.export_cmd import add_export_flags, export_config, inputs_of, write_bundle
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="rlens-export",
         description="One build step: calibrate MODEL (or take --plan), export the reduced bundle to BUNDLE "
                     "(verified against the PyTorch reference), and with --engine build its TensorRT engines.")
@@ -37,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from rlens.models import load_model
     from rlens.plan import empty_plan, load_plan
 
+    from rlens.fileio import check_output
+
     export = export_config(args)  # flag errors before any work
+    check_output(args.bundle, "bundle", export.overwrite, inputs_of(args))
     if args.engine and export.ops is None:  # a TensorRT bundle keeps the standard ops
         from dataclasses import replace
 

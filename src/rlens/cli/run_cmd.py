@@ -42,6 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default 1.0)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="intra-op threads (0 = ONNX Runtime's)")
+    p.add_argument("--digest", metavar="SHA256",
+                   help="run the bundle only if its manifest digest is this (manifest.json 'digest'; docs/bundle.md)")
     add_provider_flag(p)
     p.set_defaults(func=run)
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from rlens.runtime import Session
 
     with Session.from_bundle(args.bundle, backend=args.backend, providers=providers_of(args),
-                             threads=args.threads) as sess:
+                             threads=args.threads, digest=args.digest) as sess:
         out = sess.generate(args.image, args.prompt, max_new_tokens=args.max_new_tokens,
                             temperature=args.temperature, top_p=args.top_p, seed=args.seed, stream=True)
         for piece in out:

@@ -17,11 +17,11 @@ from typing import Any
 
 from rlens.attention_modes import needs_plugin
 from rlens.configs import EngineConfig
-from rlens.targets import Target, current_target
+from rlens.targets import current_target
 from rlens.engine.prepare import PreparedOnnx, onnx_for_tensorrt
 from rlens.engine.profiles import ProfileShapes, decoder_profiles, vision_profile
 from rlens.errors import BundleError, RlensError
-from rlens.runtime.manifest import read_manifest
+from rlens.runtime.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def engine_from_bundle(bundle: str | os.PathLike[str], config: EngineConfig) -> 
     target = current_target()
     profiles = _profiles(manifest, config)
     records = {}
-    with tempfile.TemporaryDirectory(dir=bundle, prefix=".engines.tmp-") as tmp:
+    with tempfile.TemporaryDirectory(dir=bundle.resolve().parent, prefix=f".{bundle.name}.engines.tmp-") as tmp:
         for graph in config.graphs:
             if graph not in manifest["graphs"]:
                 continue
@@ -77,7 +77,8 @@ def engine_from_bundle(bundle: str | os.PathLike[str], config: EngineConfig) -> 
             records[graph] = {"file": f"engines/{graph}.plan", "profiles": [p.name for p in profiles[graph]],
                               **target.to_json()}
             log.info("built engine %s (%.1f MB)", graph, engine_path.stat().st_size / 1e6)
-        _commit(bundle, Path(tmp), manifest, records, target)
+        _commit(bundle, Path(tmp), records)
+    write_manifest(bundle, {**manifest, "engines": records})
     return records
 
 
@@ -141,14 +142,9 @@ def _build_one(trt: Any, prepared: PreparedOnnx, profiles: list[ProfileShapes], 
     del engine_bytes, network
 
 
-def _commit(bundle: Path, tmp: Path, manifest: dict[str, Any], records: dict[str, Any], target: Target) -> None:
-    """Move the engines into bundle/engines/ and rewrite the manifest atomically."""
-    from rlens.fileio import sha256_file, write_json_atomic
-
+def _commit(bundle: Path, tmp: Path, records: dict[str, Any]) -> None:
+    """Move the engines into bundle/engines/ (the caller then rewrites the manifest, hashing them)."""
     engines = bundle / "engines"
     engines.mkdir(exist_ok=True)
     for graph in records:
         os.replace(tmp / f"{graph}.plan", engines / f"{graph}.plan")
-        manifest.setdefault("files", {})[f"engines/{graph}.plan"] = sha256_file(engines / f"{graph}.plan")
-    manifest["engines"] = records
-    write_json_atomic(bundle / "manifest.json", manifest)

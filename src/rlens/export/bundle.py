@@ -1,30 +1,20 @@
-"""The export edge: loaded model + plan -> bundle/ (DESIGN §5), atomic and deterministic.
+"""Export options and ONNX file writing (a leaf of rlens.export: the writer imports it, never back).
 
-Everything is written to a temporary folder beside the target, verified against the PyTorch
-golden, hashed into manifest.json and only then renamed into place: an interrupted or failed
-export leaves nothing behind.
+``bundle_from_plan`` (rlens.export.writer) builds the bundle in a temporary folder beside the
+target and commits it through :func:`rlens.fileio.output_writer`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import onnx
 
 from rlens.configs import ExportConfig
 from rlens.errors import BundleError, InputError
-from rlens.fileio import sha256_file
 from rlens.plan import Plan
 
-FORMAT = "rlens.bundle"
-VERSION = 1
 EXTERNAL_DATA_LIMIT = 2**31 - 2**26  # protobuf's 2 GiB, with headroom for the graph itself
 # Weights over this stay in <name>.data by default: a graph streamed to external data is read back
 # inline only when small (reading back and serializing holds it ~3 times over).
@@ -91,53 +81,3 @@ def _external_locations(model: onnx.ModelProto) -> set[str]:
 
     return {e.value for t in all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL
             for e in t.external_data if e.key == "location"}
-
-
-def bundle_from_plan(loaded: Any, plan: Plan, out_dir: str | os.PathLike[str], config: ExportConfig, *,
-                     consume: bool = False) -> Path:
-    """Export ``loaded`` reduced by ``plan`` into the bundle folder ``out_dir``; returns its path.
-
-    ``consume=True`` (the CLI's choice) hands the model over: its PyTorch weights are freed before
-    ONNX Runtime verifies the decoder, so the export never holds two copies of them.
-
-    Raises :class:`BundleError` if ``out_dir`` exists (unless ``config.overwrite``) or if
-    verification finds a graph off by more than the tolerance (nothing is left then).
-    """
-    out = Path(out_dir).resolve()
-    if out.exists() and not config.overwrite:
-        raise BundleError(f"{out} already exists; choose another --out or pass --overwrite")
-    plan.check_matches(loaded.info())
-    plan = effective_plan(plan, config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        from rlens.export.writer import write_bundle
-
-        write_bundle(loaded, plan, tmp, config, consume=consume)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, trash / "old")
-    os.replace(tmp, out)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def write_manifest(folder: Path, body: dict[str, Any]) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
-    body = dict(body, files={p.relative_to(folder).as_posix(): sha256_file(p) for p in files})
-    (folder / "manifest.json").write_text(json.dumps(body, indent=2, sort_keys=False, default=_json) + "\n")
-
-
-def _json(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(type(x).__name__)

@@ -1,8 +1,15 @@
-"""Write every file of a bundle into a (temporary) folder, verify, and write manifest.json."""
+"""The export edge: loaded model + plan -> bundle/ (DESIGN §5), atomic and deterministic.
+
+Every file is written into a temporary folder beside the target, verified against the PyTorch
+golden, hashed into manifest.json (:func:`rlens.runtime.manifest.write_manifest`, the one writer)
+and only then committed by :func:`rlens.fileio.output_writer`: an interrupted or failed export
+leaves nothing behind, and nothing but an earlier rlens bundle is ever replaced.
+"""
 
 from __future__ import annotations
 
 import gc
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -10,14 +17,17 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rlens.errors import BundleError
-from rlens.export.bundle import FORMAT, VERSION, ExportConfig, save_onnx, write_manifest
+from rlens import schema
+from rlens.errors import BundleError, OutputError
+from rlens.export.bundle import ExportConfig, effective_plan, save_onnx
 from rlens.export.decoder import decoder_model, geometry
 from rlens.export.tokens import manifest_entry
 from rlens.export.graph import WeightFile
 from rlens.export.verify import compare_decoder, decoder_golden, span_for_plan
 from rlens.export.vision import embed_model, reference_features, vision_model
+from rlens.fileio import output_writer
 from rlens.plan import Plan
+from rlens.runtime.manifest import FORMAT, VERSION, write_manifest
 
 
 def sample_image(size: tuple[int, int] = (112, 112)) -> Any:
@@ -51,6 +61,28 @@ def _io_table(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
         return out
 
     return {"inputs": rows(model.graph.input), "outputs": rows(model.graph.output)}
+
+
+def bundle_from_plan(loaded: Any, plan: Plan, out_dir: str | os.PathLike[str], config: ExportConfig, *,
+                     consume: bool = False) -> Path:
+    """Export ``loaded`` reduced by ``plan`` into the bundle folder ``out_dir``; returns its path.
+
+    ``consume=True`` (the CLI's choice) hands the model over: its PyTorch weights are freed before
+    ONNX Runtime verifies the decoder, so the export never holds two copies of them.
+
+    Raises :class:`OutputError` if ``out_dir`` exists and is not replaceable (an rlens bundle with
+    ``config.overwrite``), :class:`BundleError` if verification finds a graph off by more than the
+    tolerance; nothing is left behind then.
+    """
+    plan.check_matches(loaded.info())
+    plan = effective_plan(plan, config)
+    source = [loaded.source] if loaded.preset is None else []
+    with output_writer(out_dir, "bundle", config.overwrite, inputs=source) as tmp:
+        try:
+            write_bundle(loaded, plan, tmp, config, consume=consume)
+        except OSError as e:
+            raise OutputError(f"cannot write the bundle beside {out_dir}: {e.strerror or e}") from None
+    return Path(os.path.abspath(out_dir))
 
 
 def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig, *, consume: bool = False) -> None:
@@ -144,6 +176,10 @@ def _vision_fp32(loaded: Any) -> None:
 def _max_positions(cfg: Any) -> int | None:
     max_pos = getattr(cfg.get_text_config(), "max_position_embeddings", None)
     return int(max_pos) if max_pos else None
+
+
+def _json(x: Any) -> Any:
+    return schema.to_json(x)
 
 
 def sample_size(loaded: Any) -> tuple[int, int]:
@@ -243,7 +279,7 @@ def _manifest(loaded: Any, plan: Plan, config: ExportConfig, graphs: dict[str, A
     geo = geometry(loaded)
     cfg = loaded.config
     max_pos = _max_positions(cfg)
-    return {
+    body = {
         "format": FORMAT, "version": VERSION,
         "family": fam.name, "architecture": fam.model_class, "source": loaded.source,
         "dtype": config.dtype, "attention": config.attention, "opset": config.opset, "ops": config.resolved_ops,
@@ -263,6 +299,7 @@ def _manifest(loaded: Any, plan: Plan, config: ExportConfig, graphs: dict[str, A
         "verification": None if not config.verify else {"tolerance": config.max_abs_diff, "max_abs_diff": diffs},
         "versions": _versions(),
     }
+    return _json(body)
 
 
 def _eos(cfg: Any) -> Any:

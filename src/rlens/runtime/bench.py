@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from rlens.configs import BenchConfig
+from rlens.errors import InputError
+from rlens.processing import check_sequence_length
 from rlens.runtime import positions as pos_mod
 from rlens.runtime.memory import peak_bytes
 from rlens.runtime.session import Session
@@ -31,11 +33,17 @@ class Bench:
     def __init__(self, path: str | Path, cfg: BenchConfig, providers: tuple[str, ...] | None = None,
                  backend: str = "onnxruntime", **options: Any) -> None:
         self.session = Session.from_bundle(path, backend, providers, **options)
+        try:
+            check_sequence_length(cfg.seq + cfg.decode_tokens, self.session.preparer.max_sequence,
+                                  f"the bench sequence of {path} (visual + text + decode tokens)")
+        except InputError:
+            self.session.close()
+            raise
         self.load_s = self.session.load_s
         self.resident = self.session.resident.get("decoder")
         self.cfg = cfg
         sess = self.session
-        hidden = int(sess.manifest.model["hidden_size"])
+        hidden = sess.manifest.model.hidden_size
         rng = np.random.default_rng(cfg.seed)
         self.embeds = rng.standard_normal((1, cfg.seq, hidden)).astype(sess.float_dtype)
         self.step = rng.standard_normal((1, 1, hidden)).astype(sess.float_dtype)
@@ -69,7 +77,7 @@ class Bench:
         if not path.is_file():
             return 1.0
         plan = plan_from_json_text(path.read_text(), str(path))
-        sizes = Sizes.from_family_sizes(self.session.manifest.model)
+        sizes = Sizes.from_family_sizes(self.session.manifest.model.sizes())
         cfg = self.cfg
         layout = TokenLayout(visual=cfg.visual_tokens, text_after=cfg.text_tokens - cfg.text_before,
                              text_before=cfg.text_before)

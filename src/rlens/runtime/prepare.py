@@ -49,8 +49,13 @@ class Preparer:
     def max_sequence(self) -> int | None:
         if self.manifest.max_sequence:
             return self.manifest.max_sequence
-        path = self.manifest.folder / "processor" / "tokenizer_config.json"
-        limit = json.loads(path.read_text()).get("model_max_length") if path.is_file() else None
+        name = "processor/tokenizer_config.json"
+        if name not in self.manifest.files:
+            return None
+        try:
+            limit = json.loads(self.manifest.path(name).read_bytes()).get("model_max_length")
+        except (ValueError, AttributeError, RecursionError):
+            return None
         return int(limit) if isinstance(limit, (int, float)) and 0 < limit < 10**8 else None
 
     # ---- pixels --------------------------------------------------------------------------------
@@ -60,7 +65,7 @@ class Preparer:
         The family turns the processor's output into feeds (Qwen2-VL: rotary/window indices of the
         image's own grid, numpy); shapes the vision graph cannot take are one :class:`InputError`.
         """
-        img = load_image(image)
+        img = load_image(image, self.manifest.max_image_pixels)
         out = self.processor.process_image(img)
         params = self.manifest.vision_params
         feeds = {k: v for k, v in self.family.vision_feeds(out, params).items() if k in self.vision_inputs}
@@ -80,9 +85,7 @@ class Preparer:
 
     # ---- text ----------------------------------------------------------------------------------
     def tokens(self, prompt: str, n_visual: int) -> Tokens:
-        if not isinstance(prompt, str):
-            raise InputError(f"the prompt must be a string, got {type(prompt).__name__}")
-        ids, text = self.processor.encode(prompt, n_visual)
+        ids, text = self.processor.encode_prompt(prompt, n_visual)
         span = visual_span(ids[0], self.manifest.visual_token_ids)
         if span[1] != n_visual:
             raise InputError(f"the prompt has {span[1]} visual tokens, the image gives {n_visual} features "

@@ -8,6 +8,8 @@ import numpy as np
 
 from rlens.errors import InputError
 
+MAX_TEMPERATURE = 100.0
+
 
 @dataclass
 class Sampler:
@@ -19,8 +21,10 @@ class Sampler:
     rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0.0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
+            raise InputError(f"temperature must be between 0 and {MAX_TEMPERATURE:g}, got {self.temperature}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
+            raise InputError(f"seed must be an integer between 0 and 2**63 - 1, got {self.seed!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         self.rng = np.random.default_rng(self.seed)
@@ -34,8 +38,10 @@ class Sampler:
         logits = np.asarray(logits, dtype=np.float64).reshape(-1)
         if self.greedy:
             return int(np.argmax(logits))
-        z = logits / self.temperature
-        p = np.exp(z - z.max())
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            z = (logits - logits.max()) / self.temperature  # <= 0; a tiny temperature gives -inf, not nan
+            z[np.isnan(z)] = 0.0  # 0 / subnormal temperature
+        p = np.exp(z)
         p /= p.sum()
         order = np.argsort(-p, kind="stable")
         cum = np.cumsum(p[order])

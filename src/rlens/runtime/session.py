@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from rlens.errors import InputError
+from rlens.processing import check_sequence_length
 from rlens.runtime import positions as pos_mod
 from rlens.runtime.backends import Backend, make_backend
 from rlens.runtime.manifest import Manifest, read_manifest
@@ -58,6 +59,7 @@ class Stream:
     token_iter: Iterator[int]
     ids: list[int] = field(default_factory=list)
     text: str = ""
+    stats: Stats = field(default_factory=lambda: Stats())
 
     def __iter__(self) -> Iterator[str]:
         for tok in self.token_iter:
@@ -72,10 +74,6 @@ class Stream:
         if final != self.text:
             piece, self.text = final[len(self.text):], final
             yield piece
-
-    @property
-    def stats(self) -> Stats:
-        return self.session.stats
 
 
 class Session:
@@ -110,18 +108,23 @@ class Session:
         self.float_dtype = dec["inputs_embeds"].dtype
         self.mrope = len(dec["position_ids"].shape) == 3
         m = manifest.model
-        self.kv_shape = (1, int(m["num_kv_heads"]), 0, int(m["head_dim"]))
+        self.kv_shape = (1, m.num_kv_heads, 0, m.head_dim)
+        #: the stats of the generate call that finished last (each call fills its own Stream.stats)
         self.stats = Stats()
         self.load_s = 0.0  # set by from_bundle: manifest + hashes + graphs + processor
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "onnxruntime", providers: tuple[str, ...] | None = None,
-                    *, check_hashes: bool = True, **options: Any) -> Session:
-        """Open a bundle (manifest format/version and file hashes checked) and load its graphs;
-        :attr:`load_s` is the time that took (reported apart from time to first token)."""
+                    *, check_hashes: bool = True, digest: str | None = None, **options: Any) -> Session:
+        """Open a bundle (manifest, its root digest, file hashes checked) and load its graphs;
+        :attr:`load_s` is the time that took (reported apart from time to first token).
+
+        ``digest``: the manifest's expected root digest (``manifest.json`` → ``digest``), to pin a
+        bundle you trust; any other bundle is then refused.
+        """
         t0 = time.perf_counter()
-        sess = cls(read_manifest(path, check_hashes=check_hashes), backend, tuple(providers) if providers else None,
-                   **options)
+        sess = cls(read_manifest(path, check_hashes=check_hashes, digest=digest), backend,
+                   tuple(providers) if providers else None, **options)
         sess.load_s = time.perf_counter() - t0
         return sess
 
@@ -151,11 +154,9 @@ class Session:
         return Prompt(self.preparer.tokens(prompt, features.shape[0]), pixels, features)
 
     def check_length(self, prompt: Prompt, max_new_tokens: int) -> None:
-        limit = self.preparer.max_sequence
         n = prompt.input_ids.shape[1]
-        if limit is not None and n + max_new_tokens > limit:
-            raise InputError(f"prompt + image is {n} tokens ({prompt.tokens.span[1]} visual) + {max_new_tokens} new "
-                             f"tokens = {n + max_new_tokens}, over this bundle's limit of {limit} tokens")
+        check_sequence_length(n + max_new_tokens, self.preparer.max_sequence,
+                              f"prompt + image ({n} tokens, {prompt.tokens.span[1]} visual) + {max_new_tokens} new tokens")
 
     def embeddings(self, prompt: Prompt) -> np.ndarray:
         """Token embeddings with the visual span replaced by the vision features."""
@@ -173,7 +174,8 @@ class Session:
         t0 = time.perf_counter()
         sampler = Sampler(temperature, top_p, seed)
         prepared = self.prepare(images, prompt)
-        out = Stream(self, self.generate_ids(prepared, max_new_tokens, sampler, t0=t0))
+        stats = Stats()
+        out = Stream(self, self.generate_ids(prepared, max_new_tokens, sampler, t0=t0, stats=stats), stats=stats)
         if stream:
             return out
         for _ in out:
@@ -181,16 +183,21 @@ class Session:
         return out.text
 
     def generate_ids(self, prompt: Prompt, max_new_tokens: int, sampler: Sampler | None = None,
-                     t0: float | None = None) -> Iterator[int]:
-        """New token ids (greedy by default), ending after the end-of-sequence token if one comes."""
-        if max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        self.check_length(prompt, max_new_tokens)
-        return self._loop(prompt, max_new_tokens, sampler or Sampler(), t0 or time.perf_counter())
+                     t0: float | None = None, stats: Stats | None = None) -> Iterator[int]:
+        """New token ids (greedy by default), ending after the end-of-sequence token if one comes.
 
-    def _loop(self, prompt: Prompt, max_new_tokens: int, sampler: Sampler, t0: float) -> Iterator[int]:
+        ``stats`` (a fresh :class:`Stats` when omitted) is this call's own: concurrent calls on one
+        session never mix their numbers; ``session.stats`` is the last finished call's.
+        """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        self.check_length(prompt, max_new_tokens)
+        return self._loop(prompt, max_new_tokens, sampler or Sampler(), t0 or time.perf_counter(),
+                          stats if stats is not None else Stats())
+
+    def _loop(self, prompt: Prompt, max_new_tokens: int, sampler: Sampler, t0: float, st: Stats) -> Iterator[int]:
         seq = prompt.input_ids.shape[1]
-        self.stats = st = Stats(prompt_tokens=seq, visual_tokens=prompt.tokens.span[1])
+        st.prompt_tokens, st.visual_tokens = seq, prompt.tokens.span[1]
         ids_pos = pos_mod.prefill_positions(seq, prompt.tokens.span, prompt.pixels.grid if prompt.pixels else None,
                                             self.mrope)
         t1 = time.perf_counter()
@@ -207,6 +214,7 @@ class Session:
                 st.ttft_s = t_first - t0
             yield tok
             if tok in eos or i + 1 == max_new_tokens:
+                self.stats = st
                 break
             emb = self.runners["embed_tokens"].infer({"input_ids": np.asarray([[tok]], dtype=np.int64)})
             past = [out[f"present.{j}.{t}"] for j in range(self.manifest.num_layers) for t in ("key", "value")]

@@ -41,6 +41,9 @@ def resolve_providers(names: tuple[str, ...] | None) -> list[str]:
     return wanted
 
 
+MAX_THREADS = 256
+
+
 class OnnxRuntimeBackend(Backend):
     """Options: ``threads`` (intra-op threads, 0 = ONNX Runtime's default), ``spin`` (False: idle
     worker threads sleep instead of spinning, so several sessions in one process do not steal each
@@ -54,7 +57,9 @@ class OnnxRuntimeBackend(Backend):
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        threads = int(self.options.get("threads") or 0)
+        threads = self.options.get("threads") or 0
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+            raise BackendError(f"threads must be an integer between 0 and {MAX_THREADS}, got {threads!r}")
         if threads:
             opts.intra_op_num_threads = threads
         if not self.options.get("prepack", True):

@@ -102,7 +102,8 @@ class TensorRTBackend(Backend):
         from rlens.targets import check_engine_record, current_target
 
         bundle = self.path.parent
-        manifest = read_manifest(bundle, check_hashes=False).raw  # Session already checked the hashes
+        typed = read_manifest(bundle, check_hashes=False)  # Session already checked the hashes
+        manifest = typed.raw
         graph = next((g for g, v in manifest.get("graphs", {}).items() if v.get("files", [None])[0] == self.path.name),
                      self.path.stem)
         record = (manifest.get("engines") or {}).get(graph)
@@ -113,7 +114,7 @@ class TensorRTBackend(Backend):
         if needs_plugin(manifest.get("attention")):
             self._load_plugin(trt)
         logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(logger).deserialize_cuda_engine((bundle / record["file"]).read_bytes())
+        self._engine = trt.Runtime(logger).deserialize_cuda_engine(typed.path(str(record["file"])).read_bytes())
         if self._engine is None:
             raise BackendError(f"TensorRT could not deserialize {record['file']} (built by another version?)")
         self._trt = trt
