@@ -1,7 +1,7 @@
 """Cold start of ``rlens run``: process wall time, bundle load and time to first token, per Python
 environment, alternated in one run (the machines are shared: compare environments side by side).
 
-    python benchmarks/cold_start.py BUNDLE --env new=/path/venv/bin/python [--env old=...] [--repeat 5]
+    python benchmarks/cold_start.py BUNDLE --env new=/path/venv/bin/python [--env old=PYTHON,OLD_BUNDLE] [--repeat 5]
 
 Each repeat starts a fresh process per environment (``python -m rlens.cli.main run BUNDLE ...``),
 so imports, manifest hashing, graph loading and the first generation are all cold. ``load`` and
@@ -47,8 +47,9 @@ def one_run(python: str, bundle: str, image: str) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", help="bundle folder (e.g. out/demo-bundle from ./dev.sh demo)")
-    ap.add_argument("--env", action="append", required=True, metavar="NAME=PYTHON",
-                    help="an environment's python (repeatable); runs alternate between them")
+    ap.add_argument("--env", action="append", required=True, metavar="NAME=PYTHON[,BUNDLE]",
+                    help="an environment's python, and its own bundle when it needs another one (e.g. an older "
+                         "rlens that reads an older bundle format); repeatable, runs alternate between them")
     ap.add_argument("--image", default=str(HERE.parent / "examples" / "demo.png"), help="image file")
     ap.add_argument("--repeat", type=int, default=5, help="cold runs per environment (default 5)")
     ap.add_argument("--json", default=str(HERE / "results" / "cold_start.json"), help="output JSON")
@@ -56,13 +57,14 @@ def main() -> int:
     envs = dict(e.split("=", 1) for e in args.env)
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in envs}
     for _ in range(args.repeat):
-        for name, python in envs.items():
-            runs[name].append(one_run(python, args.bundle, args.image))
+        for name, spec in envs.items():
+            python, _, bundle = spec.partition(",")
+            runs[name].append(one_run(python, bundle or args.bundle, args.image))
     result = {"bundle": args.bundle, "repeat": args.repeat, "envs": {}}
     print(f"{'env':<12} {'wall s':>8} {'import s':>9} {'load s':>8} {'ttft s':>8}  torch/transformers installed")
     for name, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "import_s", "load_s", "ttft_s")}
-        result["envs"][name] = {"python": envs[name], "median": med, "runs": rs}
+        result["envs"][name] = {"python_and_bundle": envs[name], "median": med, "runs": rs}
         print(f"{name:<12} {med['wall_s']:>8.3f} {med['import_s']:>9.3f} {med['load_s']:>8.3f} {med['ttft_s']:>8.3f}"
               f"  {rs[0]['torch_installed']}/{rs[0]['transformers_installed']}")
     if len(envs) == 2:
