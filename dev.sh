@@ -47,7 +47,7 @@ demo() {
 }
 
 tests() {
-    "$VENV/bin/python" -m pytest -n 2 -q -rs "$@"
+    "$VENV/bin/python" -m pytest -n 2 -q "$@"  # pyproject addopts: -rfEs, soak tier deselected
 }
 
 drift() {
@@ -64,7 +64,7 @@ drift() {
     pinned=$(grep -i '^transformers==' constraints.txt | cut -d= -f3)
     newest=$("$venv/bin/python" -c "import transformers; print(transformers.__version__)")
     echo "dev.sh drift: parity tests on transformers $newest (pinned: $pinned)" >&2
-    "$venv/bin/python" -m pytest -n 2 -q -rs -p no:cacheprovider "${PARITY[@]}" "$@"
+    "$venv/bin/python" -m pytest -n 2 -q -p no:cacheprovider "${PARITY[@]}" "$@"
 }
 
 freeze() {
