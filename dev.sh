@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run:
 #   ./dev.sh demo    the main job: rlens-export on the embedded default model + one generation
-#   ./dev.sh test    the test suite, every tier (what CI runs); extra arguments go to pytest
+#   ./dev.sh test    the test suite, fast + slow tiers (what CI runs; -m soak for the soak tier); args go to pytest
 #   ./dev.sh quick   the fast tier only (-m "not slow"), for the edit-test loop
 #   ./dev.sh drift   the parity tests against the newest transformers, in .venv-drift
 #   ./dev.sh setup   set-up only;  ./dev.sh freeze  rewrite constraints.txt from a green .venv
