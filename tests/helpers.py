@@ -42,3 +42,17 @@ def hf_greedy(loaded, prompt, max_new_tokens: int, eos: int) -> list[int]:
 
 def until_eos(ids: list[int], eos: int) -> list[int]:
     return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def reduction_plans(info):
+    """Plans the decoder-export tests share: none, static (hollow + kept FFN units at both ends), dynamic."""
+    from rlens.plan import LayerPlan, Plan
+
+    m, n = info.intermediate_size, info.num_layers
+    static = Plan(model=info, layers=(LayerPlan(0, hollow_window=4, ffn_keep=32, ffn_indices=tuple(range(3, 99, 3))),
+                                      LayerPlan(n - 1, hollow_window=3, ffn_keep=48,
+                                                ffn_indices=tuple(range(m - 48, m))),
+                                      LayerPlan(1, hollow_window=5)))
+    dynamic = Plan(model=info, ffn_mode="dynamic", ffn_probes=4,
+                   layers=tuple(LayerPlan(i, hollow_window=3, ffn_keep=32) for i in range(n)))
+    return {"none": Plan(model=info), "static": static, "dynamic": dynamic}

@@ -11,6 +11,8 @@ from collections import Counter
 import numpy as np
 import onnxruntime as ort
 import pytest
+from helpers import ort_session as session
+from helpers import reduction_plans as plans
 
 from rlens.errors import InputError
 from rlens.export import ExportConfig
@@ -27,21 +29,6 @@ TOL = 1e-4
 @pytest.fixture(scope="module", params=list(PRESETS))
 def loaded(request):
     return load_model(request.param)
-
-
-def plans(info):
-    m, n = info.intermediate_size, info.num_layers
-    static = Plan(model=info, layers=(LayerPlan(0, hollow_window=4, ffn_keep=32, ffn_indices=tuple(range(3, 99, 3))),
-                                      LayerPlan(n - 1, hollow_window=3, ffn_keep=48,
-                                                ffn_indices=tuple(range(m - 48, m))),
-                                      LayerPlan(1, hollow_window=5)))
-    dynamic = Plan(model=info, ffn_mode="dynamic", ffn_probes=4,
-                   layers=tuple(LayerPlan(i, hollow_window=3, ffn_keep=32) for i in range(n)))
-    return {"none": Plan(model=info), "static": static, "dynamic": dynamic}
-
-
-def session(model):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def ops_of(model):
