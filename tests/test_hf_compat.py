@@ -95,6 +95,10 @@ def test_attention_registry_and_implementation(preset):
             pass
         assert "rlens_test_fn" in reg
     assert "rlens_test_fn" not in reg
+    with hf_compat.attention_functions({"rlens_test_fn": len}):
+        with pytest.raises(hf_compat.CompatError, match="already registered"):
+            with hf_compat.attention_functions({"rlens_test_fn": abs}):  # another function, same name
+                pass
     s = loaded.family.sizes(loaded.model.config)
     assert hf_compat.attention_scaling(attn) == pytest.approx(s["head_dim"] ** -0.5)
 

@@ -132,6 +132,9 @@ def attention_registry() -> MutableMapping[str, Callable[..., Any]]:
 def attention_functions(functions: dict[str, Callable[..., Any]]) -> Iterator[None]:
     """Register ``functions`` in the attention registry inside the block only (re-entrant)."""
     reg = attention_registry()
+    taken = [name for name, fn in functions.items() if name in reg and reg[name] is not fn]
+    if taken:
+        raise _fail(f"attention function name(s) {taken} are already registered by someone else")
     added = [name for name in functions if name not in reg]
     for name in added:
         reg[name] = functions[name]
