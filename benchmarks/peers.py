@@ -107,7 +107,7 @@ def rlens_decoder(loaded, plan, ops: str, weights: str, out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     opset = 21 if ops == "standard" and weights != "float" else 18
-    model = decoder_model(loaded, plan, "portable", "fp32", opset, ops)
+    model = decoder_model(loaded, plan, "portable", "fp32", opset, ops=ops)
     if weights != "float":
         model, _ = quantize_decoder(model, weights, ops)
     save_onnx(model, out / "decoder.onnx", True)

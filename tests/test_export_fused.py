@@ -75,7 +75,14 @@ def test_hollow_blocks_run_group_query_attention():
     (scan,) = [n for n in then.node if n.op_type == "Scan"]
     assert [n.op_type for n in scan.attribute[0].g.node] == ["GroupQueryAttention"]
     orelse = next(a.g for a in iff.attribute if a.name == "else_branch")
-    assert "GroupQueryAttention" in {n.op_type for n in orelse.node}
+    (gqa,) = [n for n in orelse.node if n.op_type == "GroupQueryAttention"]
+    # Decode copies the cache once: the layer's present is the else branch's GQA present (no Concat
+    # of the past outside the If), and the then branch concatenates only when there is a span.
+    assert not [n for n in model.graph.node if n.op_type == "Concat" and any("past_key" in x for x in n.input)]
+    fed = {n.input[0]: n.output[0] for n in orelse.node if n.op_type == "Identity"}
+    assert [fed.get(x) for x in gqa.output[1:]] == [o.name for o in orelse.output[1:]]
+    assert all(f"present.1.{t}" in {n.output[0] for n in model.graph.node if n.input and n.input[0] in iff.output}
+               for t in ("key", "value"))
 
 
 @pytest.mark.parametrize("span", [(0, 24), (5, 1), (0, 0), (2, 9), (1, 20)])

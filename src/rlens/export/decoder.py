@@ -197,14 +197,12 @@ def _attention(b: GraphBuilder, ctx: _Ctx, i: int, x: str, lp: LayerPlan | None)
         return _o_proj(b, o_proj, pre, out)
     if _uses_fused(ctx, i):
         qkv = _qkv_packed(b, ctx, i, x, scale)
-        k_all = b.op("Concat", [past[0], fused.to_heads(b, qkv[1], geo.kv_heads, geo.head_dim)], axis=2)
-        v_all = b.op("Concat", [past[1], fused.to_heads(b, qkv[2], geo.kv_heads, geo.head_dim)], axis=2)
+        with b.scope("HollowAttention"):
+            out, k_all, v_all = fused.hollow_attention(b, qkv, past, ctx.shared.span_input, lp.hollow_window,
+                                                       ctx.shared.key_mask, (geo.heads, geo.kv_heads),
+                                                       geo.head_dim, ctx.shared.fused)
         b.output(k_all, f"present.{i}.key")
         b.output(v_all, f"present.{i}.value")
-        with b.scope("HollowAttention"):
-            out = fused.hollow_attention(b, qkv, past, (k_all, v_all), ctx.shared.span_input, lp.hollow_window,
-                                         ctx.shared.key_mask, (geo.heads, geo.kv_heads), geo.head_dim,
-                                         ctx.shared.fused)
         return _o_proj(b, o_proj, pre, out)
     else:
         q, k, v = _qkv(b, ctx, i, x, scale if folded else 1.0)

@@ -177,19 +177,20 @@ def _scan_gqa(b: GraphBuilder, blocks: list[str], seqlens: str, total: str, head
     return b.op("Squeeze", [y, b.const([1])])
 
 
-def hollow_attention(b: GraphBuilder, qkv: tuple[str, str, str], past: tuple[str, str], kv_all: tuple[str, str],
-                     span: str, window: int, key_mask: str, heads: tuple[int, int], head_dim: int,
-                     sh: FusedShared) -> str:
-    """Hollow attention with the fused kernels: [B, S, Hq*D]. Visual queries: block-local
-    GroupQueryAttention (:func:`visual_blocks_gqa`); text rows: the standard causal subgraph;
-    without a visual span (decode) the else branch is the unreduced layer's GroupQueryAttention."""
+def hollow_attention(b: GraphBuilder, qkv: tuple[str, str, str], past: tuple[str, str], span: str, window: int,
+                     key_mask: str, heads: tuple[int, int], head_dim: int, sh: FusedShared) -> tuple[str, str, str]:
+    """Hollow attention with the fused kernels: (output [B, S, Hq*D], present key, present value).
+    Visual queries: block-local GroupQueryAttention (:func:`visual_blocks_gqa`); text rows: the
+    standard causal subgraph; without a visual span (decode) the else branch is the unreduced
+    layer's GroupQueryAttention, whose own present is the layer's (the cache is copied once)."""
     from rlens.export import attention as att
 
     q, k, v = qkv
-    q4 = to_heads(b, q, heads[0], head_dim)
     length = b.op("Gather", [span, b.const(1)], axis=0, label="span_length")
 
     def hollow(sb: GraphBuilder) -> list[str]:
+        kv_all = [sb.op("Concat", [p, to_heads(sb, x, heads[1], head_dim)], axis=2) for p, x in zip(past, (k, v))]
+        q4 = to_heads(sb, q, heads[0], head_dim)
         d = att._shape_scalars(sb, q4, kv_all[0], span, length)
         w = sb.const(window)
         wb = sb.op("Max", [sb.op("Min", [w, length]), sb.const(1)], label="block")
@@ -209,10 +210,11 @@ def hollow_attention(b: GraphBuilder, qkv: tuple[str, str, str], past: tuple[str
             start1 = sb.op("Unsqueeze", [d["start"], sb.const([0])])
             before = sb.slice(text, sb.const([0]), start1, 1)
             after = sb.slice(text, start1, sb.const([2**62]), 1)
-            return [sb.op("Concat", [before, vis, after], axis=1)]
+            return [sb.op("Concat", [before, vis, after], axis=1), *kv_all]
 
     def dense(sb: GraphBuilder) -> list[str]:
-        return [group_query_attention(sb, q, k, v, past, heads, sh)[0]]
+        return list(group_query_attention(sb, q, k, v, past, heads, sh))
 
     has_visual = b.op("Greater", [length, b.const(0)], label="has_visual")
-    return b.if_(has_visual, hollow, dense, [b.onnx_float], label="visual_if")[0]
+    out, pk, pv = b.if_(has_visual, hollow, dense, [b.onnx_float] * 3, label="visual_if")
+    return out, pk, pv
