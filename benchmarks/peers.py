@@ -12,7 +12,9 @@ a text-only ``Qwen2ForCausalLM`` directory (the same weights) for the peers:
 - PyTorch eager (the text model, unreduced).
 
 Each contestant is timed against a baseline A/B alternated (one prefill over visual + text
-tokens, then ``--decode-tokens`` single-token steps); a ratio is the median of per-pair ratios.
+tokens, then ``--decode-tokens`` single-token steps); a ratio is the median of per-pair ratios of
+the process CPU time (``--clock cpu``, the default: all threads, ONNX Runtime's threads do not spin,
+so other processes on a shared machine barely move it) or of wall time (``--clock wall``).
 Also: logits parity between the graphs, weight bytes, versions. A peer that cannot be installed
 or built gets a row that says why. Prints a table; JSON to benchmarks/results/peers.json.
 
@@ -101,17 +103,27 @@ def save_text_model(loaded, out: Path) -> None:
 
 
 def rlens_decoder(loaded, plan, ops: str, weights: str, out: Path) -> Path:
+    import onnx
+
     from rlens.export.bundle import save_onnx
     from rlens.export.decoder import decoder_model
+    from rlens.export.graph import WeightFile
     from rlens.export.quantize import quantize_decoder
 
     out.mkdir(parents=True, exist_ok=True)
     opset = 21 if ops == "standard" and weights != "float" else 18
-    model = decoder_model(loaded, plan, "portable", "fp32", opset, ops=ops)
+    path = out / "decoder.onnx"
+    with WeightFile(out / "decoder.onnx.data") as wf:  # streamed: a 24-layer decoder is ~2 GiB
+        model = decoder_model(loaded, plan, "portable", "fp32", opset, wf, ops=ops)
+    save_onnx(model, path, True)
     if weights != "float":
+        del model
+        model = onnx.load(str(path))
+        path.unlink()
+        (out / "decoder.onnx.data").unlink()
         model, _ = quantize_decoder(model, weights, ops)
-    save_onnx(model, out / "decoder.onnx", True)
-    return out / "decoder.onnx"
+        save_onnx(model, path, True)
+    return path
 
 
 def genai_model(hf_dir: Path, precision: str, out: Path) -> tuple[Path | None, str]:
@@ -130,6 +142,10 @@ def genai_model(hf_dir: Path, precision: str, out: Path) -> tuple[Path | None, s
 
 
 # ---- contestants --------------------------------------------------------------------------------
+CLOCK = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = CLOCK["cpu"]  # set by main(): the process CPU time of all threads (robust to other load)
+
+
 class Layout:
     def __init__(self, visual: int, text: int, hidden: int, decode: int) -> None:
         from rlens.runtime import positions as pm
@@ -152,6 +168,7 @@ class OrtDecoder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # spinning would count as CPU time
         self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.lay, self.rlens = lay, rlens
         self.kv = [i.name for i in self.sess.get_inputs() if i.name.startswith("past_key_values")]
@@ -171,15 +188,15 @@ class OrtDecoder:
         from rlens.runtime import positions as pm
 
         lay = self.lay
-        t0 = time.perf_counter()
+        t0 = clock()
         out = self.sess.run(None, self.feeds(lay.embeds, lay.mrope, None, lay.span))
-        t1 = time.perf_counter()
+        t1 = clock()
         names = [o.name for o in self.sess.get_outputs()]
         logits = out[0][:, -1]
         for i, x in enumerate(lay.steps):
             past = {k.replace("present", "past_key_values"): v for k, v in zip(names, out) if k.startswith("present")}
             out = self.sess.run(None, self.feeds(x, pm.step_positions(lay.next + i, True), past, (0, 0)))
-        t2 = time.perf_counter()
+        t2 = clock()
         if record:
             self.prefill_s.append(t1 - t0)
             self.decode_s.append((t2 - t1) / len(lay.steps))
@@ -206,16 +223,16 @@ class Eager:
 
         lay, m = self.lay, self.model
         with torch.no_grad():
-            t0 = time.perf_counter()
+            t0 = clock()
             out = m.model(inputs_embeds=torch.from_numpy(lay.embeds), use_cache=True)
             logits = m.lm_head(out.last_hidden_state[:, -1:])
-            t1 = time.perf_counter()
+            t1 = clock()
             cache, kw = out.past_key_values, hf_compat.cache_kwarg(m.model)
             for x in lay.steps:
                 o = m.model(inputs_embeds=torch.from_numpy(x), use_cache=True, **{kw: cache})
                 cache = o.past_key_values
                 m.lm_head(o.last_hidden_state[:, -1:])
-            t2 = time.perf_counter()
+            t2 = clock()
         if record:
             self.prefill_s.append(t1 - t0)
             self.decode_s.append((t2 - t1) / len(lay.steps))
@@ -231,8 +248,9 @@ RLENS = {"unreduced_standard": (False, "standard", "float"), "unreduced_ort": (F
          "unreduced_ort_int4": (False, "ort", "int4"), "reduced_ort_int4": (True, "ort", "int4")}
 
 
-def build_all(args, work: Path) -> tuple[dict[str, Any], dict[str, str], tuple[int, int], dict]:
-    """Every contestant's files: {name: path}, {name: why it is missing}, (kv heads, head dim), plan."""
+def build_all(args, work: Path, needed: set[str]) -> tuple[dict[str, Any], dict[str, str], tuple[int, int], dict]:
+    """The ``needed`` contestants' files (rlens' standard unreduced graph always: the parity
+    reference): {name: path}, {name: why it is missing}, (kv heads, head dim), plan."""
     from rlens.plan import empty_plan
 
     loaded = build_loaded(args.layers)
@@ -244,6 +262,8 @@ def build_all(args, work: Path) -> tuple[dict[str, Any], dict[str, str], tuple[i
         save_text_model(loaded, hf)
     paths: dict[str, Any] = {"eager": hf}
     for name, (reduced, ops, weights) in RLENS.items():
+        if name not in needed | {"unreduced_standard"}:
+            continue
         folder = work / name
         if not (folder / "decoder.onnx").is_file():
             t = time.perf_counter()
@@ -255,6 +275,8 @@ def build_all(args, work: Path) -> tuple[dict[str, Any], dict[str, str], tuple[i
     gc.collect()
     missing = {}
     for precision in ("fp32", "int4"):
+        if f"genai_{precision}" not in needed:
+            continue
         t = time.perf_counter()
         path, how = genai_model(hf, precision, work / f"genai_{precision}")
         print(f"genai {precision}: {time.perf_counter() - t:.0f} s ({how})", file=sys.stderr)
@@ -339,15 +361,26 @@ def main() -> int:
     ap.add_argument("--pairs", help="only these comparisons, e.g. 'reduced_ort/genai_fp32,eager/genai_fp32' "
                                     "(default: all of PAIRS)")
     ap.add_argument("--json", default="benchmarks/results/peers.json")
+    ap.add_argument("--clock", choices=list(CLOCK), default="cpu",
+                    help="what a ratio compares: the process CPU time of all threads (default; robust to other "
+                         "processes on a shared machine; ORT threads do not spin) or wall time")
+    ap.add_argument("--build-only", action="store_true", help="build the chosen pairs' models into --work and exit")
     args = ap.parse_args()
+    global clock
+    clock = CLOCK[args.clock]
     pairs = [tuple(p.split("/")) for p in args.pairs.split(",")] if args.pairs else PAIRS
     unknown = [p for p in pairs if p not in PAIRS]
     if unknown:
         ap.error(f"unknown pairs {unknown}; choose from {['/'.join(p) for p in PAIRS]}")
+    if args.build_only and not args.work:
+        ap.error("--build-only needs --work (where the models are kept)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        paths, missing, kv, plan = build_all(args, work)
+        paths, missing, kv, plan = build_all(args, work, {n for p in pairs for n in p})
+        if args.build_only:
+            print(f"built {sorted(paths)} in {work}; missing: {missing or 'none'}", file=sys.stderr)
+            return 0
         hidden = 896
         lay = Layout(args.visual_tokens, args.text_tokens, hidden, args.decode_tokens)
         rows = []
@@ -357,7 +390,8 @@ def main() -> int:
                         else time_pair(a, b, paths, lay, args, kv))
         report = {"model": f"Qwen2-0.5B-shaped ({args.layers} layers, random weights)", "reduced_plan": plan,
                   "layout": {"visual": args.visual_tokens, "text": args.text_tokens, "decode_tokens": args.decode_tokens},
-                  "threads": args.threads, "repeat": args.repeat, "versions": versions(), "missing": missing,
+                  "threads": args.threads, "repeat": args.repeat, "clock": args.clock,
+                  "versions": versions(), "missing": missing,
                   "weight_bytes": {k: weight_bytes(v) for k, v in paths.items() if k != "eager"},
                   "text_parity_vs_unreduced_standard": text_parity(paths, args, kv, hidden),
                   "pairs": rows, "targets": TARGETS}
@@ -368,8 +402,8 @@ def main() -> int:
 
 
 def table(r: dict) -> str:
-    lines = [f"{r['model']}; {r['layout']}; {r['threads']} threads; {r['repeat']} A/B pairs; reduced: "
-             f"{r['reduced_plan']['summary']}", f"versions: {r['versions']}", "",
+    lines = [f"{r['model']}; {r['layout']}; {r['threads']} threads; {r['repeat']} A/B pairs; "
+             f"{r.get('clock', 'wall')} time; reduced: {r['reduced_plan']['summary']}", f"versions: {r['versions']}", "",
              f"{'A':<20} {'B':<20} {'prefill A/B':>11} {'decode A/B':>11} {'A prefill s':>12} {'B prefill s':>12}"
              f" {'A dec ms':>9} {'B dec ms':>9} {'logit diff':>11}"]
     for p in r["pairs"]:

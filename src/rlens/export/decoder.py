@@ -119,7 +119,7 @@ class _Shared:
     cos: str
     sin: str
     key_mask: str  # bool [B,1,1,1,T]
-    causal: str  # bool [B,1,1,S,T]
+    causal: str  # bool [B,1,1,S,T] ("" in a fused graph without token pruning: not used)
     span: tuple[str, str]  # [1]-shaped start, end of the visual span in the chunk
     rows: ffn_mod.RowMaps | None = None  # text/visual row maps of the chunk (reduced FFN)
     span_input: str = "visual_span"  # int64 [2] (start, length) as the layer sees it
@@ -326,8 +326,10 @@ def _shared(b: GraphBuilder, ctx: _Ctx) -> _Shared:
         key_mask = b.op("Unsqueeze", [key_mask, b.const([1, 2, 3])], label="key_mask")
         s = b.dim("inputs_embeds", 1)
         t = b.dim("attention_mask", 1)
-        qpos = b.op("Range", [b.scalar(b.op("Sub", [t, s])), b.scalar(t), b.const(1)], label="query_positions")
-        causal = att.causal_allowed(b, qpos, t, key_mask)
+        causal = ""  # the fused graph's attention takes an additive bias instead (FastV's standard layers excepted)
+        if ctx.ops == "standard" or ctx.plan.token_pruning is not None:
+            qpos = b.op("Range", [b.scalar(b.op("Sub", [t, s])), b.scalar(t), b.const(1)], label="query_positions")
+            causal = att.causal_allowed(b, qpos, t, key_mask)
     with b.scope("visual_span"):
         start = b.slice("visual_span", b.const([0]), b.const([1]), 0)
         end = b.op("Add", [start, b.slice("visual_span", b.const([1]), b.const([2]), 0)], label="end")

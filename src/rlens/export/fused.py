@@ -122,39 +122,74 @@ def _seq_rows(b: GraphBuilder, x: str, lo: str, n: str, front: str, back: str, a
     return b.op("Pad", [rows, b.op("Concat", zeros, axis=0)])
 
 
-def visual_blocks_gqa(b: GraphBuilder, q: str, k_all: str, v_all: str, d: dict[str, str], window: str,
-                      allowed: str, nb: str, wb: str, padq: str, heads: tuple[int, int]) -> str:
-    """Hollow attention of the visual queries as one GroupQueryAttention over blocks in the batch
-    axis: block n's query rows are the chunk's span rows ``n*Wb ..``; its past is every key before
-    the span plus block n-1, its new keys block n; ``allowed`` (bool [B,1,1,nb,Wb,a+2Wb], the exact
-    window and padding mask) becomes the attention bias. ``q`` [B, S, Hq*D] pre-scaled with RoPE;
-    ``k_all``/``v_all`` [B, Hkv, T, D]. Returns [B, len, Hq*D]."""
-    zero = b.const(0)
-    qb = _seq_rows(b, q, d["start"], d["len"], zero, padq, 1)
-    qb = b.reshape(qb, b.vec(b.const([-1]), b.op("Unsqueeze", [wb, b.const([0])]), b.dim(q, 2)))
+BLOCKS_PER_WINDOW = 4  # visual query blocks of ceil(W / 4) rows: each computes prefix + W + W/4 keys
+
+
+def block_rows(window: int) -> tuple[int, int]:
+    """(c, Lp): rows per visual query block and the keys before a block that its past holds
+    (``Lp = m * c >= W``, m = :data:`BLOCKS_PER_WINDOW` or W when smaller)."""
+    m = min(BLOCKS_PER_WINDOW, window)
+    c = -(-window // m)
+    return c, m * c
+
+
+def visual_blocks_gqa(b: GraphBuilder, q: str, k_all: str, v_all: str, d: dict[str, str], window: int,
+                      key_mask: str, nb: str, padq: str, heads: tuple[int, int]) -> str:
+    """Hollow attention of the visual queries as one GroupQueryAttention per block (a ``Scan`` over
+    blocks): block n's queries are the span rows ``n*c .. n*c + c`` (c = :func:`block_rows`); its
+    past is every key before the span plus the ``Lp`` span keys before the block (zeros before the
+    span's first key, masked), its new keys the block's own. Short blocks keep the computed keys per
+    query near the window (``a + Lp + c`` instead of the whole causal prefix); the exact window and
+    padding mask is the attention bias. ``q`` [B, S, Hq*D] pre-scaled with RoPE; ``k_all``/``v_all``
+    [B, Hkv, T, D]. Returns [B, len, Hq*D]."""
+    c, lp = block_rows(window)
+    m = lp // c
+    qb = _seq_rows(b, q, d["start"], d["len"], b.const(0), padq, 1)
+    qb = b.reshape(qb, b.vec(b.const([-1, c]), b.dim(q, 2)))
     a1 = b.op("Unsqueeze", [d["abs_start"], b.const([0])])
-    nb1, wb1 = b.op("Unsqueeze", [nb, b.const([0])]), b.op("Unsqueeze", [wb, b.const([0])])
+    nb1 = b.op("Unsqueeze", [nb, b.const([0])])
     lead = [b.dim(k_all, 0), b.dim(k_all, 1)]
     news, pasts = [], []
     for x in (k_all, v_all):
-        rows = _seq_rows(b, x, d["abs_start"], d["len"], wb, padq, 2)  # [B, Hkv, (nb+1)*Wb, D]
-        blocks = b.reshape(rows, b.vec(*lead, b.op("Add", [nb1, b.const([1])]), wb1, b.dim(x, 3)))
-        cur = b.op("Transpose", [b.slice(blocks, b.const([1]), b.const([2**62]), 2)], perm=[0, 2, 3, 1, 4])
-        news.append(b.reshape(cur, b.vec(b.const([-1]), wb1, b.op("Mul", [b.dim(x, 1), b.dim(x, 3)]))))
-        prev = b.slice(blocks, b.const([0]), nb1, 2)  # [B, Hkv, nb, Wb, D]
+        rows = _seq_rows(b, x, d["abs_start"], d["len"], b.const(lp), padq, 2)  # [B, Hkv, Lp + nb*c, D]
+        blocks = b.reshape(rows, b.vec(*lead, b.op("Add", [nb1, b.const([m])]), b.const([c]), b.dim(x, 3)))
+        ends = [b.op("Add", [nb1, b.const([j])]) for j in range(m + 1)]
+        cur = b.op("Transpose", [b.slice(blocks, b.const([m]), ends[m], 2)], perm=[0, 2, 3, 1, 4])
+        news.append(b.reshape(cur, b.vec(b.const([-1, c]), b.op("Mul", [b.dim(x, 1), b.dim(x, 3)]))))
+        prev = [b.slice(blocks, b.const([j]), ends[j], 2) for j in range(m)]  # each [B, Hkv, nb, c, D]
         pre = b.op("Unsqueeze", [b.slice(x, b.const([0]), a1, 2), b.const([2])])
         pre = b.op("Expand", [pre, b.vec(*lead, nb1, a1, b.dim(x, 3))])
-        past = b.op("Transpose", [b.op("Concat", [pre, prev], axis=3)], perm=[0, 2, 1, 3, 4])
-        pasts.append(b.reshape(past, b.vec(b.const([-1]), b.dim(x, 1), b.op("Add", [a1, wb1]), b.dim(x, 3))))
-    total = b.op("Add", [a1, b.op("Mul", [wb1, b.const([2])])])
+        past = b.op("Transpose", [b.op("Concat", [pre, *prev], axis=3)], perm=[0, 2, 1, 3, 4])
+        pasts.append(b.reshape(past, b.vec(b.const([-1]), b.dim(x, 1), b.op("Add", [a1, b.const([lp])]),
+                                           b.dim(x, 3))))
+    total = b.op("Add", [a1, b.const([lp + c])])
     neg = BIAS_NEG if b.dtype == "fp32" else -6.0e4
-    bias = b.op("Where", [allowed, b.fconst(0.0), b.fconst(neg)])
-    bias = b.reshape(bias, b.vec(b.const([-1, 1]), wb1, total))  # [B*nb, 1, Wb, a+2Wb]
+    bias = b.op("Where", [_block_allowed(b, key_mask, nb, a1, window), b.fconst(0.0), b.fconst(neg)])
+    bias = b.reshape(bias, b.vec(b.const([-1, 1, c]), total))  # [B*nb, 1, c, a + Lp + c]
     seqlens = b.op("Cast", [b.op("Sub", [total, b.const([1])])], to=TensorProto.INT32, label="seqlens_k")
     tl = b.op("Cast", [b.scalar(total)], to=TensorProto.INT32, label="total_sequence_length")
     out = _scan_gqa(b, [qb, news[0], news[1], pasts[0], pasts[1], bias], seqlens, tl, heads)
     flat = b.reshape(out, b.vec(b.dim(q, 0), b.const([-1]), b.dim(q, 2)))
     return b.slice(flat, b.const([0]), b.op("Unsqueeze", [d["len"], b.const([0])]), 1)
+
+
+def _block_allowed(b: GraphBuilder, key_mask: str, nb: str, a1: str, window: int) -> str:
+    """Bool [B, 1, 1, nb, c, a + Lp + c]: every key before the span unless padding, then local key
+    l of block n (span key ``n*c - Lp + l``) iff it exists and is in query r's window:
+    ``Lp + r - W < l <= Lp + r``."""
+    c, lp = block_rows(window)
+    r, col = np.arange(c)[:, None], np.arange(lp + c)[None, :]
+    in_window = b.const((col > lp + r - window) & (col <= lp + r), np.bool_)  # [c, Lp + c]
+    n = b.op("Unsqueeze", [b.op("Range", [b.const(0), nb, b.const(1)]), b.const([1])])
+    exists = b.op("GreaterOrEqual", [b.const(np.arange(lp + c)[None, :]), b.op("Sub", [b.const(lp), b.op(
+        "Mul", [n, b.const(c)])])], label="exists")  # [nb, Lp + c]
+    local = b.op("And", [b.op("Unsqueeze", [exists, b.const([1])]), in_window], label="window_mask")
+    pre = b.op("Unsqueeze", [b.slice(key_mask, b.const([0]), a1, 4), b.const([4])])  # [B, 1, 1, 1, 1, a]
+    batch, nb1 = b.dim(key_mask, 0), b.op("Unsqueeze", [nb, b.const([0])])
+    pre = b.op("Expand", [pre, b.vec(batch, b.const([1, 1]), nb1, b.const([c]), a1)])
+    local = b.op("Expand", [b.op("Unsqueeze", [local, b.const([0, 1, 2])]),
+                            b.vec(batch, b.const([1, 1]), nb1, b.const([c, lp + c]))])
+    return b.op("Concat", [pre, local], axis=-1, label="allowed")
 
 
 def _scan_gqa(b: GraphBuilder, blocks: list[str], seqlens: str, total: str, heads: tuple[int, int]) -> str:
@@ -177,35 +212,54 @@ def _scan_gqa(b: GraphBuilder, blocks: list[str], seqlens: str, total: str, head
     return b.op("Squeeze", [y, b.const([1])])
 
 
+def _span_scalars(b: GraphBuilder, q: str, k_all: str, span: str, length: str) -> dict[str, str]:
+    """Int64 scalars of the chunk: S, T, P (past), start, len, end of the span, abs_start (P + start);
+    ``q`` [B, S, Hq*D], ``k_all`` [B, Hkv, T, D]."""
+    d = {"S": b.scalar(b.dim(q, 1)), "T": b.scalar(b.dim(k_all, 2)), "len": length}
+    d["P"] = b.op("Sub", [d["T"], d["S"]], label="past_len")
+    d["start"] = b.op("Gather", [span, b.const(0)], axis=0, label="span_start")
+    d["end"] = b.op("Add", [d["start"], length], label="span_end")
+    d["abs_start"] = b.op("Add", [d["P"], d["start"]], label="visual_abs_start")
+    return d
+
+
+def _text_rows(b: GraphBuilder, q: str, kv_all: list[str], d: dict[str, str], key_mask: str,
+               heads: tuple[int, int], head_dim: int) -> str:
+    """Ordinary causal attention of the rows outside the span: [B, S - len, Hq*D]. Only those rows
+    of ``q`` are gathered and put in head layout (not the whole chunk)."""
+    from rlens.export import attention as att
+
+    rows = b.op("Concat", [b.op("Range", [b.const(0), d["start"], b.const(1)]),
+                           b.op("Range", [d["end"], d["S"], b.const(1)])], axis=0, label="text_rows")
+    grouped = b.const([0, 0, heads[1], heads[0] // heads[1], head_dim])  # no -1: there may be 0 rows
+    qt = b.op("Reshape", [b.op("Gather", [q, rows], axis=1, label="text_queries"), grouped])
+    q5 = b.op("Transpose", [qt], perm=[0, 2, 3, 1, 4])  # [B, Hkv, G, R, D]
+    k5, v5 = (b.op("Unsqueeze", [x, b.const([2])]) for x in kv_all)
+    allowed = att.causal_allowed(b, b.op("Add", [rows, d["P"]], label="query_positions"), b.dim(kv_all[0], 2),
+                                 key_mask)
+    out = b.op("Transpose", [att.dense_attention(b, q5, k5, v5, allowed, None)], perm=[0, 3, 1, 2, 4])
+    return b.op("Reshape", [out, b.const([0, 0, heads[0] * head_dim])])
+
+
 def hollow_attention(b: GraphBuilder, qkv: tuple[str, str, str], past: tuple[str, str], span: str, window: int,
                      key_mask: str, heads: tuple[int, int], head_dim: int, sh: FusedShared) -> tuple[str, str, str]:
     """Hollow attention with the fused kernels: (output [B, S, Hq*D], present key, present value).
     Visual queries: block-local GroupQueryAttention (:func:`visual_blocks_gqa`); text rows: the
     standard causal subgraph; without a visual span (decode) the else branch is the unreduced
     layer's GroupQueryAttention, whose own present is the layer's (the cache is copied once)."""
-    from rlens.export import attention as att
-
     q, k, v = qkv
     length = b.op("Gather", [span, b.const(1)], axis=0, label="span_length")
 
     def hollow(sb: GraphBuilder) -> list[str]:
         kv_all = [sb.op("Concat", [p, to_heads(sb, x, heads[1], head_dim)], axis=2) for p, x in zip(past, (k, v))]
-        q4 = to_heads(sb, q, heads[0], head_dim)
-        d = att._shape_scalars(sb, q4, kv_all[0], span, length)
-        w = sb.const(window)
-        wb = sb.op("Max", [sb.op("Min", [w, length]), sb.const(1)], label="block")
-        nb = sb.op("Div", [sb.op("Add", [length, sb.op("Sub", [wb, sb.const(1)])]), wb], label="num_blocks")
-        padq = sb.op("Sub", [sb.op("Mul", [nb, wb]), length], label="tail_pad")
+        d = _span_scalars(sb, q, kv_all[0], span, length)
+        c = sb.const(block_rows(window)[0])
+        nb = sb.op("Div", [sb.op("Add", [length, sb.op("Sub", [c, sb.const(1)])]), c], label="num_blocks")
+        padq = sb.op("Sub", [sb.op("Mul", [nb, c]), length], label="tail_pad")
         with sb.scope("text"):
-            q5 = att.group_queries(sb, q4, kv_all[0])
-            k5, v5 = (sb.op("Unsqueeze", [x, sb.const([2])]) for x in kv_all)
-            t5 = att._text_rows(sb, q5, k5, v5, d, None, key_mask)
-            text = sb.op("Transpose", [att.ungroup(sb, t5)], perm=[0, 2, 1, 3])
-            text = sb.op("Reshape", [text, sb.const([0, 0, heads[0] * head_dim])])  # may have 0 rows
+            text = _text_rows(sb, q, kv_all, d, key_mask, heads, head_dim)  # may have 0 rows
         with sb.scope("visual"):
-            a1 = sb.op("Unsqueeze", [d["abs_start"], sb.const([0])])
-            allowed = att._visual_allowed(sb, key_mask, nb, wb, a1, w)
-            vis = visual_blocks_gqa(sb, q, kv_all[0], kv_all[1], d, w, allowed, nb, wb, padq, heads)
+            vis = visual_blocks_gqa(sb, q, kv_all[0], kv_all[1], d, window, key_mask, nb, padq, heads)
         with sb.scope("merge"):
             start1 = sb.op("Unsqueeze", [d["start"], sb.const([0])])
             before = sb.slice(text, sb.const([0]), start1, 1)
