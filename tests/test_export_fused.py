@@ -85,6 +85,15 @@ def test_hollow_blocks_run_group_query_attention():
                for t in ("key", "value"))
 
 
+@pytest.mark.parametrize("window,rows", [(256, (64, 256)), (5, (2, 8)), (3, (1, 3)), (1, (1, 1)), (7, (2, 8))])
+def test_visual_block_rows(window, rows):
+    """Blocks of ceil(W/4) queries whose past holds 4 blocks >= W keys (fewer blocks for tiny W)."""
+    from rlens.export.fused import block_rows
+
+    c, lp = block_rows(window)
+    assert (c, lp) == rows and lp >= window and lp % c == 0
+
+
 @pytest.mark.parametrize("span", [(0, 24), (5, 1), (0, 0), (2, 9), (1, 20)])
 def test_fused_hollow_edge_spans(span):
     lm = load_model("tiny-qwen2-vl")
