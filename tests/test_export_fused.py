@@ -85,6 +85,25 @@ def test_hollow_blocks_run_group_query_attention():
                for t in ("key", "value"))
 
 
+def test_fused_hollow_attention_really_skips_work():
+    """GroupQueryAttention + text-row FLOPs from the ORT profile: text rows x all keys, visual blocks
+    of c queries x (prefix + Lp + c) keys, against the unreduced fused graph's causal GQA."""
+    from rlens.export.fused import block_rows
+    from rlens.export.profile import gqa_flops
+
+    text, visual, window = 16, 256, 16
+    lm = load_model("tiny-llava")
+    info, geo = lm.info(), geometry(lm)
+    feeds = sample(geo, 0, 1, visual + 2 * text, (text, visual)).feeds
+    hollow = Plan(model=info, layers=tuple(LayerPlan(i, hollow_window=window) for i in range(info.num_layers)))
+    ratio = gqa_flops(decoder_model(lm, hollow, ops="ort"), feeds) / gqa_flops(
+        decoder_model(lm, Plan(model=info), ops="ort"), feeds)
+    s, (c, lp) = visual + 2 * text, block_rows(window)
+    expected = ((s - visual) * s + visual * (text + lp + c)) / (s * s)
+    assert ratio == pytest.approx(expected, rel=0.01)
+    assert ratio < 0.25
+
+
 @pytest.mark.parametrize("window,rows", [(256, (64, 256)), (5, (2, 8)), (3, (1, 3)), (1, (1, 1)), (7, (2, 8))])
 def test_visual_block_rows(window, rows):
     """Blocks of ceil(W/4) queries whose past holds 4 blocks >= W keys (fewer blocks for tiny W)."""
