@@ -1,7 +1,8 @@
 """Attention work of an ONNX graph as ONNX Runtime really runs it (node shapes from its profile).
 
-Used by ``benchmarks/export_attention_flops.py`` and the test that hollow layers skip work
-(DESIGN §5.1: cost per visual query O(W + text before the span)).
+Used by ``benchmarks/export_attention_flops.py`` and the tests that hollow layers skip work
+(DESIGN §5.1: cost per visual query O(W + text before the span)), in the standard graph
+(:func:`attention_matmul_flops`) and in the fused ``--ops ort`` graph (:func:`gqa_flops`).
 """
 
 from __future__ import annotations
