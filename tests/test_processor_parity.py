@@ -34,6 +34,12 @@ def hf_processor(folder):
             def __init__(self, image_processor, tokenizer, chat_template=None, **kwargs):
                 super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
+            if cls.__name__ == "SmolVLMProcessor":
+                # Its override only adds video defaults read from the (absent) video processor
+                # (num_frames, fps) and a video chat template; images take ProcessorMixin's path.
+                def apply_chat_template(self, conversation, **kwargs):
+                    return transformers.ProcessorMixin.apply_chat_template(self, conversation, **kwargs)
+
         cls = ImagesOnly
     return cls(image_processor=transformers.AutoImageProcessor.from_pretrained(str(folder)),
                tokenizer=transformers.AutoTokenizer.from_pretrained(str(folder)),

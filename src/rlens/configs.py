@@ -22,6 +22,9 @@ OPS = ("standard", "ort")
 WEIGHTS = ("float", "int8", "int4")
 DEFAULT_PROPORTION = 0.5
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+IMAGE_SPLITTING_HELP = ("Idefics3/SmolVLM: turn the processor's image splitting off (one tile per image, one visual "
+                        "span); written into rlens' own copy of the processor config, never the checkpoint's. A "
+                        "checkpoint with do_image_splitting on is refused without it")
 
 
 def option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None,
@@ -105,6 +108,7 @@ class CalibrationConfig:
         4.0, "memory for greedy's per-candidate checkpoints (layer inputs a candidate resumes from in the next "
         "round; on the cache device); less memory -> more layer evaluations, same ranking; 0 turns them off",
         flag="--greedy-cache", metavar="GIB")
+    image_splitting: bool = option(True, IMAGE_SPLITTING_HELP, flag="--no-image-splitting")
     #: token pruning (docs/token_pruning.md), one field per method of rlens.pruning (named as the
     #: method; the value its flag parses to): FastV (first pruned layer K, dropped share R) ...
     fastv: tuple[int, float] | None = _pruning_flag("fastv")
@@ -200,6 +204,7 @@ class ExportConfig:
                                     metavar="N", parse=int)
     max_tiles: int | None = option(None, "lower the processor's max tiles per image (InternVL dynamic tiling; "
                                    "default: the checkpoint's bound)", metavar="N", parse=int)
+    image_splitting: bool = option(True, IMAGE_SPLITTING_HELP, flag="--no-image-splitting")
     vision: bool = True
     external_data: bool | None = None  # None: when a graph's weights pass export.bundle.INLINE_LIMIT (256 MiB)
 

@@ -42,6 +42,15 @@ _IDEFICS_TEMPLATE = (
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
+# SmolVLM2's own chat template (SmolVLMProcessor's default, as its checkpoints ship it)
+_SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'] is string %}"
+    "{{': ' + message['content']}}{% else %}{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}"
+    "{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -129,8 +138,26 @@ def _presets() -> dict[str, Preset]:
                {"do_image_splitting": False, "size": {"longest_edge": 128},
                 "max_image_size": {"longest_edge": 128}}, (128, 128),
                processor_config={"processor_class": "Idefics3Processor", "image_seq_len": 16}),
+        _smolvlm(),
     ]
     return {p.name: p for p in out}
+
+
+def _smolvlm() -> Preset:
+    """SmolVLM2 classes (SmolVLMConfig, SmolVLMProcessor, SmolVLMImageProcessor), its chat template,
+    a pixel shuffle of scale 4 (as the real checkpoints; Idefics3's preset uses 2), splitting off."""
+    sp = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<fake_token_around_image>",
+          "<image>", "<global-img>"]
+    return Preset("tiny-smolvlm", "smolvlm", "SmolVLMConfig",
+                  dict(text_config=dict(_TEXT, model_type="llama", bos_token_id=257, eos_token_id=259,
+                                        pad_token_id=258),
+                       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=2, image_size=256, patch_size=16),
+                       image_token_id=261, scale_factor=4, pad_token_id=258),
+                  sp, "<end_of_utterance>", _SMOLVLM_TEMPLATE, "SmolVLMImageProcessorPil",
+                  {"do_image_splitting": False, "size": {"longest_edge": 256},
+                   "max_image_size": {"longest_edge": 256}}, (256, 256),
+                  processor_config={"processor_class": "SmolVLMProcessor", "image_seq_len": 16})
 
 
 PRESETS = _presets()

@@ -190,6 +190,14 @@ class Family:
                                  "to one fixed size")
         return image_processor
 
+    @classmethod
+    def image_options(cls, image_processor: dict[str, Any], image_splitting: bool) -> dict[str, Any]:
+        """preprocessor_config.json with image splitting turned off (``--no-image-splitting``)."""
+        if not image_splitting:
+            raise InputError(f"--no-image-splitting does not apply to {cls.name}: only Idefics3/SmolVLM split "
+                             "images into tiles with text tokens between them")
+        return image_processor
+
     # ---- support checks --------------------------------------------------------------------
     @classmethod
     def check_supported(cls, model: Any) -> None:

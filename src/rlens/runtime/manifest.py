@@ -93,6 +93,9 @@ class VisionSection:
                                                      lo=1, hi=16384, max_items=16, default=())
     max_image_pixels: int = doc("images with more pixels are refused before decoding", lo=1, hi=1 << 28,
                                 default=DEFAULT_MAX_IMAGE_PIXELS)
+    image_splitting: bool | None = doc("false when export turned the processor's image splitting off "
+                                       "(--no-image-splitting, Idefics3/SmolVLM) in the bundle's processor copy",
+                                       default=None)
 
     def __post_init__(self) -> None:
         for name, pair in self.axes.items():
