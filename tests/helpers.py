@@ -9,6 +9,14 @@ from rlens.presets import PRESETS
 
 PRESET_NAMES = list(PRESETS)
 
+# SmolVLM2(-500M-Video-Instruct)'s preprocessor_config.json as its checkpoint ships it
+SMOLVLM2_PREPROCESSOR = {
+    "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True, "do_rescale": True,
+    "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "SmolVLMImageProcessor",
+    "image_std": [0.5, 0.5, 0.5], "max_image_size": {"longest_edge": 512}, "processor_class": "SmolVLMProcessor",
+    "resample": 1, "rescale_factor": 1 / 255, "size": {"longest_edge": 2048},
+    "video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": 512}}}
+
 
 def sample_image(seed: int = 0, size: tuple[int, int] = (90, 120)):
     """A deterministic random RGB PIL image of ``size`` (height, width)."""

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import SMOLVLM2_PREPROCESSOR
 from rlens.errors import InputError, ModelError
 from rlens.imageproc import load_image_processor, registered_types
 from rlens.presets import PRESETS, save_processor_files
@@ -54,6 +55,7 @@ REAL_CONFIGS = {
                 "rescale_factor": 0.00392156862745098, "size": {"longest_edge": 1536}},
 }
 REAL_CONFIGS["smolvlm-no-split"] = dict(REAL_CONFIGS["smolvlm"], do_image_splitting=False)
+REAL_CONFIGS["smolvlm2"] = SMOLVLM2_PREPROCESSOR  # SmolVLMImageProcessor, 2048 / 512 tiles
 # (width, height): tiny, square, 3:1 wide, 1:3 tall, odd sizes, large
 SIZES = [(5, 7), (224, 224), (600, 200), (200, 600), (333, 127), (1500, 1000)]
 # The keyword arguments the model's own processor passes to its image processor.

@@ -185,3 +185,22 @@ def test_no_image_splitting_exports_hugging_faces_unsplit_answers(splitting_chec
             hf_ids = hf_ids[:hf_ids.index(eos) + 1] if eos in hf_ids else hf_ids
             assert list(sess.generate_ids(got, 12)) == hf_ids, size
             assert len(hf_ids) == 12 or hf_ids[-1] == eos
+
+
+def test_calibration_follows_no_image_splitting(splitting_checkpoint):
+    """Calibration reads a temporary copy of the processor files: with ``image_splitting=False``
+    (rlens calibrate / rlens-export --no-image-splitting) the samples are unsplit (one span of 16);
+    without it the splitting checkpoint is refused naming the flag."""
+    from rlens.calibrate.data import builtin_calibration_set, encode_samples
+    from rlens.errors import ModelError
+    from rlens.models import load_model
+
+    _, ckpt = splitting_checkpoint
+    before = _digest(ckpt)
+    loaded = load_model(str(ckpt))
+    samples = builtin_calibration_set(2)
+    with pytest.raises(ModelError, match="--no-image-splitting"):
+        encode_samples(loaded, samples)
+    encoded = encode_samples(loaded, samples, image_splitting=False)
+    assert [e.visual_span[1] for e in encoded] == [16, 16]
+    assert _digest(ckpt) == before

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from helpers import hf_greedy, sample_image, until_eos
+from helpers import SMOLVLM2_PREPROCESSOR, hf_greedy, sample_image, until_eos
 
 REAL = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 16384}
 
@@ -47,12 +47,6 @@ def test_large_image_at_the_real_processor_bounds(tmp_path):
 # vocabulary, 512-pixel tiles of 16-pixel patches, pixel shuffle 4 (64 visual tokens per tile),
 # splitting on with a 2048-pixel longest edge. Widths are tiny: the processor, the token ids, the
 # layer count and the vocabulary are what this test is about.
-SMOLVLM2_PREPROCESSOR = {
-    "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True, "do_rescale": True,
-    "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "SmolVLMImageProcessor",
-    "image_std": [0.5, 0.5, 0.5], "max_image_size": {"longest_edge": 512}, "processor_class": "SmolVLMProcessor",
-    "resample": 1, "rescale_factor": 1 / 255, "size": {"longest_edge": 2048},
-    "video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": 512}}}
 SMOLVLM2_SPECIALS = {"<global-img>": 49152, **{f"<row_{r}_col_{c}>": 49152 + (r - 1) * 6 + c
                                                for r in range(1, 7) for c in range(1, 7)},
                      "<fake_token_around_image>": 49189, "<image>": 49190, "<end_of_utterance>": 49279}
