@@ -67,6 +67,10 @@ class Family:
     expansion_tokens: ClassVar[dict[str, str]] = {}
     #: keyword arguments the model's own processor passes to its image processor
     image_call_kwargs: ClassVar[dict[str, Any]] = {}
+    #: torch.onnx exporters tried in order for vision.onnx ("torchscript", "dynamo"): a family whose
+    #: vision code the TorchScript exporter cannot take skips it (that exporter prints its whole IR
+    #: graph on stderr when it fails).
+    vision_exporters: ClassVar[tuple[str, ...]] = ("torchscript", "dynamo")
 
     # ---- structure -------------------------------------------------------------------------
     @classmethod

@@ -61,3 +61,6 @@ class SmolVLM(Idefics3):
     architectures = ("SmolVLMForConditionalGeneration",)
     model_types = ("smolvlm",)
     model_class = "SmolVLMForConditionalGeneration"
+    #: SmolVLM's get_image_features has an in-place ``|=`` (aten::__ior_) that the TorchScript exporter
+    #: cannot export; the dynamo exporter takes it.
+    vision_exporters = ("dynamo",)
