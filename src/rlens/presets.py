@@ -35,6 +35,9 @@ _LLAVA_TEMPLATE = (
     "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %} "
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
+# LLaVA-NeXT's anyres grids on 56-pixel tiles (the real ones: 1x2, 2x1, 2x2, 3x1, 1x3 of 336): 1x2, 2x1,
+# 2x3, 3x1, 3x3, so images of 90x120, 200x60 and 150x220 (h x w) select three different grids.
+_LLAVA_NEXT_PINPOINTS = [[56, 112], [112, 56], [112, 168], [168, 56], [168, 168]]
 _IDEFICS_TEMPLATE = (
     "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
@@ -104,6 +107,18 @@ def _presets() -> dict[str, Preset]:
                llava_sp, "</s>", _LLAVA_TEMPLATE, "CLIPImageProcessorPil",
                {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}}, (56, 56),
                processor_config={"processor_class": "LlavaProcessor", "patch_size": 14, "image_token": "<image>",
+                                 "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
+               tokenizer_config={"bos_token": "<s>"}),
+        Preset("tiny-llava-next", "llava-next", "LlavaNextConfig",
+               dict(text_config=dict(_TEXT, model_type="llama", bos_token_id=256, eos_token_id=257,
+                                     pad_token_id=260),
+                    vision_config=clip, image_token_index=259, projector_hidden_act="gelu",
+                    vision_feature_layer=-2, vision_feature_select_strategy="default",
+                    image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS, pad_token_id=260),
+               llava_sp, "</s>", _LLAVA_TEMPLATE, "LlavaNextImageProcessorPil",
+               {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56},
+                "image_grid_pinpoints": _LLAVA_NEXT_PINPOINTS}, (112, 112),
+               processor_config={"processor_class": "LlavaNextProcessor", "patch_size": 14, "image_token": "<image>",
                                  "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
                tokenizer_config={"bos_token": "<s>"}),
         Preset("tiny-internvl", "internvl", "InternVLConfig",
