@@ -30,10 +30,9 @@ def hf_processor(folder, pinpoints, tile):
     image = transformers.LlavaNextImageProcessorPil(size={"shortest_edge": tile},
                                                     crop_size={"height": tile, "width": tile},
                                                     image_grid_pinpoints=pinpoints)
-    return transformers.LlavaNextProcessor(image_processor=image,
-                                           tokenizer=transformers.AutoTokenizer.from_pretrained(str(folder), model_max_length=1 << 16),
-                                           patch_size=14, vision_feature_select_strategy="default",
-                                           num_additional_image_tokens=1)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), model_max_length=1 << 16)
+    return transformers.LlavaNextProcessor(image_processor=image, tokenizer=tokenizer, patch_size=14,
+                                           vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
 @pytest.mark.parametrize("tile, pinpoints", [(56, None), (336, REAL_PINPOINTS)], ids=["tiny", "real-336"])
@@ -101,6 +100,18 @@ def test_vision_graph_equals_get_image_features(make_bundle):
         axes = sess.manifest.raw["vision"]["axes"]
     assert patches == {7, 4, 10, 3}
     assert axes == {"patches": [3, 10], "visual": [16, 16 + 12 * 13]}
+
+
+def test_tensorrt_vision_profile_follows_the_axes(make_bundle):
+    """The vision engine's profile: 3..10 patches (2..9 tiles + base) and 16..172 pack_index rows."""
+    from rlens.engine.profiles import vision_profile
+
+    _, bundle = make_bundle("tiny-llava-next")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    shapes = vision_profile(manifest).shapes
+    assert shapes["pixel_values"][0] == (3, 3, 56, 56) and shapes["pixel_values"][2] == (10, 3, 56, 56)
+    assert shapes["pack_index"][0] == (16,) and shapes["pack_index"][2] == (172,)
+    assert manifest["vision"]["params"]["grid_pinpoints"] == [[56, 112], [112, 56], [112, 168], [168, 56], [168, 168]]
 
 
 @pytest.mark.slow
