@@ -113,7 +113,11 @@ def pack_index(image_size: Any, params: dict[str, Any], patches: int | None = No
     from rlens.imageproc.llava_next import select_best_resolution
 
     h, w = (int(v) for v in image_size)
-    tile, side = int(params["image_size"]), int(params["image_size"]) // int(params["patch_size"])
+    tile, patch_px = int(params["image_size"]), int(params["patch_size"])
+    if not 1 <= patch_px <= tile or min(h, w) < 1:
+        raise ModelError(f"LLaVA-NeXT vision params image_size {tile} / patch_size {patch_px} (image {w}x{h}) "
+                         "cannot form a feature grid")
+    side = tile // patch_px
     per = side * side
     best_h, best_w = select_best_resolution((h, w), [list(p) for p in params["grid_pinpoints"]])
     nph, npw = best_h // tile, best_w // tile
