@@ -154,3 +154,22 @@ def test_real_shaped_processor_end_to_end(tmp_path):
         got = list(sess.generate_ids(prompt, 4))
         eos = int(sess.manifest.eos_token_id)
     assert got == until_eos(hf_greedy(loaded, prompt, 4, eos), eos)
+
+
+def test_what_rlens_cannot_pack_is_one_clear_error():
+    """``full`` feature selection (transformers' own packing fails on it too), a processor whose
+    pinpoints disagree with the model's, and pixels cut on another grid: each one clear error."""
+    from rlens.errors import InputError, ModelError
+    from rlens.families.llava import LlavaNext
+    from rlens.presets import PRESETS, build_config
+
+    cfg = build_config(PRESETS["tiny-llava-next"])
+    params = LlavaNext.vision_params(cfg)
+    with pytest.raises(ModelError, match="must agree"):
+        LlavaNext.vision_axes(params, {"min_tiles": 2, "max_tiles": 4})
+    seven = {"pixel_values": np.zeros((1, 7, 3, 56, 56), np.float32), "image_sizes": np.asarray([[200, 60]])}
+    with pytest.raises(InputError, match="7 patches.*give 4"):
+        LlavaNext.vision_feeds(seven, params)
+    cfg.vision_feature_select_strategy = "full"
+    with pytest.raises(ModelError, match="'full'"):
+        LlavaNext.vision_params(cfg)

@@ -88,9 +88,17 @@ class LlavaNext(Llava):
 
     @classmethod
     def vision_axes(cls, params: dict[str, Any], bounds: dict[str, int]) -> dict[str, list[int]]:
-        side = params["image_size"] // params["patch_size"]
-        most = max((h // params["image_size"]) * side * ((w // params["image_size"]) * side + 1)
-                   for h, w in params["grid_pinpoints"])
+        """patches: the base image + the processor's fewest..most tiles; visual: the base features up
+        to the largest pinpoint's full grid with a newline per row (unpadding only removes rows)."""
+        tile = params["image_size"]
+        side = tile // params["patch_size"]
+        grids = [(h // tile, w // tile) for h, w in params["grid_pinpoints"]]
+        tiles = [r * c for r, c in grids]
+        if (min(tiles), max(tiles)) != (bounds["min_tiles"], bounds["max_tiles"]):
+            raise ModelError(f"{cls.name}: the image processor's pinpoints cut {bounds['min_tiles']}.."
+                             f"{bounds['max_tiles']} tiles, the model's image_grid_pinpoints {min(tiles)}..{max(tiles)}; "
+                             "they must agree")
+        most = max(r * side * (c * side + 1) for r, c in grids)
         return {"patches": [1 + bounds["min_tiles"], 1 + bounds["max_tiles"]], "visual": [side * side, side * side + most]}
 
     @classmethod
