@@ -30,7 +30,7 @@ def test_runtime_inputs_equal_the_hugging_face_processor(name, make_bundle):
 
     _, bundle = make_bundle(name)
     hf = hf_processor(bundle / "processor")
-    counts = set()
+    counts, patches = set(), set()
     with Session.from_bundle(bundle) as sess:
         image_id = sess.manifest.visual_token_ids[0]
         for i, size in enumerate(SIZES):
@@ -46,8 +46,11 @@ def test_runtime_inputs_equal_the_hugging_face_processor(name, make_bundle):
                 n_hf = int(np.count_nonzero(want["input_ids"] == image_id))
                 assert got.tokens.span[1] == n_hf == got.features.shape[0]
                 counts.add(n_hf)
-    if name in ("tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-internvl"):
+                patches.add(want["pixel_values"].shape[:-3])
+    if name in ("tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-internvl", "tiny-llava-next"):
         assert len(counts) == len(SIZES), f"{name}: image size should change the visual token count: {counts}"
+    if name == "tiny-llava-next":  # anyres: the three sizes select three grids (2x3, 3x1, 3x3 tiles + base)
+        assert patches == {(1, 7), (1, 4), (1, 10)}, patches
 
 
 def test_image_token_comes_from_the_checkpoint(tmp_path):
@@ -96,6 +99,8 @@ def test_export_lowers_the_processor_bounds(tmp_path):
     ("tiny-llava", {"max_pixels": 10000}, "--max-pixels does not apply"),
     ("tiny-llava", {"image_splitting": False}, "--no-image-splitting does not apply to llava"),
     ("tiny-qwen2-vl", {"image_splitting": False}, "--no-image-splitting does not apply to qwen2-vl"),
+    ("tiny-llava-next", {"max_tiles": 2}, "--max-tiles does not apply"),
+    ("tiny-llava-next", {"max_pixels": 10000}, "--max-pixels does not apply"),
 ])
 def test_bad_bounds_are_one_clear_error(name, kw, message, tmp_path):
     from rlens.errors import InputError

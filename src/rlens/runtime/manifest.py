@@ -81,8 +81,9 @@ class TokenSection:
 
 @dataclass(frozen=True)
 class VisionSection:
-    params: dict[str, int | None] = doc("the family's numbers for building vision feeds (e.g. merge_size, "
-                                        "patch_size)", lo=0, hi=1 << 16, max_items=32, default={})
+    params: dict[str, int | tuple[tuple[int, ...], ...] | None] = doc(
+        "the family's numbers for building vision feeds (e.g. merge_size, patch_size; LLaVA-NeXT's "
+        "grid_pinpoints, a list of [height, width])", lo=0, hi=1 << 16, max_items=32, default={})
     bounds: dict[str, int] = doc("the processor's image bounds (min/max_pixels, min/max_tiles), lowered by "
                                  "--max-pixels/--max-tiles", lo=1, hi=1 << 30, max_items=16, default={})
     axes: dict[str, tuple[int, ...]] = doc("[min, max] of each dynamic vision axis within the bounds", lo=0,
