@@ -9,6 +9,14 @@ from rlens.presets import PRESETS
 
 PRESET_NAMES = list(PRESETS)
 
+# SmolVLM2(-500M-Video-Instruct)'s preprocessor_config.json as its checkpoint ships it
+SMOLVLM2_PREPROCESSOR = {
+    "do_convert_rgb": True, "do_image_splitting": True, "do_normalize": True, "do_pad": True, "do_rescale": True,
+    "do_resize": True, "image_mean": [0.5, 0.5, 0.5], "image_processor_type": "SmolVLMImageProcessor",
+    "image_std": [0.5, 0.5, 0.5], "max_image_size": {"longest_edge": 512}, "processor_class": "SmolVLMProcessor",
+    "resample": 1, "rescale_factor": 1 / 255, "size": {"longest_edge": 2048},
+    "video_sampling": {"fps": 1, "max_frames": 64, "video_size": {"longest_edge": 512}}}
+
 
 def sample_image(seed: int = 0, size: tuple[int, int] = (90, 120)):
     """A deterministic random RGB PIL image of ``size`` (height, width)."""
@@ -16,6 +24,42 @@ def sample_image(seed: int = 0, size: tuple[int, int] = (90, 120)):
 
     rng = np.random.RandomState(seed)
     return Image.fromarray((rng.rand(size[0], size[1], 3) * 255).astype("uint8"))
+
+
+def hf_processor(folder):
+    """The processor class named in ``folder/processor_config.json``, built from the folder's files,
+    without its video processor (video processors need torchvision, which this environment cannot
+    load; images never reach them)."""
+    import inspect
+    import json
+
+    import transformers
+
+    cfg = json.loads((folder / "processor_config.json").read_text())
+    cls = getattr(transformers, cfg.pop("processor_class"))
+    if "video_processor" in inspect.signature(cls.__init__).parameters:
+
+        class ImagesOnly(cls):  # ProcessorMixin takes its sub-processors from __init__'s signature
+            def __init__(self, image_processor, tokenizer, chat_template=None, **kwargs):
+                super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+            if cls.__name__ == "SmolVLMProcessor":
+                # Its override only adds video defaults read from the (absent) video processor
+                # (num_frames, fps) and a video chat template; images take ProcessorMixin's path.
+                def apply_chat_template(self, conversation, **kwargs):
+                    return transformers.ProcessorMixin.apply_chat_template(self, conversation, **kwargs)
+
+        cls = ImagesOnly
+    return cls(image_processor=transformers.AutoImageProcessor.from_pretrained(str(folder)),
+               tokenizer=transformers.AutoTokenizer.from_pretrained(str(folder)),
+               chat_template=(folder / "chat_template.jinja").read_text(), **cfg)
+
+
+def hf_inputs(proc, image, prompt, **processor_kwargs):
+    """``apply_chat_template(..., tokenize=True)`` of one image + ``prompt`` (numpy tensors)."""
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}]
+    return proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                    return_tensors="np", processor_kwargs=processor_kwargs or None)
 
 
 def ort_session(model):

@@ -72,8 +72,6 @@ UNTESTED: list[tuple[dict, str]] = [
     ({"backend": "tensorrt"}, "TensorRT and a GPU are not available here: test_engine.py's engine and backend "
                               "tests (llava/qwen2-vl, portable and plugin, fp32) skip; run them on the target "
                               "(docs/jetson.md)"),
-    ({"family": "llava-next"}, "no preset (LLaVA-NeXT anyres images are not prepared); only the PyTorch reference "
-                               "is tested (test_families.py::test_llava_next_with_mistral_runs_through_the_reference)"),
     ({"dtype": "fp16", "backend": ORT}, "fp16 numerics are checked on qwen2-vl only (graph typing is family-"
                                         "independent); fp16 without reductions and with pruning alone untested"),
     ({"attention": "plugin", "dtype": "fp32", "backend": ORT},

@@ -127,3 +127,28 @@ def test_one_step_export_calibrates_and_exports(tmp_path):
                           "sys.exit(export_main(sys.argv[1:]))", "tiny-llava", str(tmp_path / "c"), "--budget", "0.01"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "budget" in bad.stderr and not (tmp_path / "c").exists()
+
+
+def test_every_flag_default_is_declared_once_in_a_config():
+    """A flag whose default is a value (not None/False) is a field of a config dataclass in
+    rlens.configs with that default: the CLI restates none (issue 13 item 4)."""
+    import dataclasses
+
+    from rlens import configs
+    from rlens.cli.main import build_parser
+
+    declared = {}
+    for cls in vars(configs).values():
+        if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+            for f in dataclasses.fields(cls):
+                if "cli" in f.metadata:
+                    declared.setdefault(f.name, set()).add(repr(f.default))
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    restated = []
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest == "help" or action.default in (None, False) or not action.option_strings:
+                continue
+            if repr(action.default) not in declared.get(action.dest, ()):
+                restated.append(f"rlens {name} {action.option_strings[0]} (default {action.default!r})")
+    assert not restated, restated

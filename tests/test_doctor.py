@@ -22,7 +22,9 @@ def test_doctor_runs_and_every_skip_says_why(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rlens.cli.main", "doctor", "--reps", "2", "--json",
                         str(tmp_path / "d.json")], capture_output=True, text=True, env=env, timeout=600)
     print(r.stdout)
-    rows = json.loads((tmp_path / "d.json").read_text())
+    out = json.loads((tmp_path / "d.json").read_text())
+    assert out["format"] == "rlens.doctor"
+    rows = out["rows"]
     assert r.returncode == (1 if any(x["status"] == "FAIL" for x in rows) else 0), r.stderr
     assert [x["check"] for x in rows] == [line.split("  ")[0].strip() for line in r.stdout.splitlines()[2:-1]]
     assert all(x["status"] in ("ok", "SKIP", "FAIL") for x in rows)
@@ -84,3 +86,17 @@ def test_engine_rows_run_with_a_stand_in_runner():
     assert status == "ok" and "max abs diff 0.00e+00" in text
     timing = doctor._prefill_timing(doc)
     assert timing.startswith("1100 tokens, span (16, 1024), 4 hollow layers of 4: hollow/full ")
+
+
+def test_doctor_json_never_replaces_a_users_file(tmp_path):
+    """--json refuses an existing file that is not a doctor result, before any check runs."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "data"}')
+    r = subprocess.run([sys.executable, "-m", "rlens.cli.main", "doctor", "--json", str(mine)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "refusing to replace" in r.stderr and r.stdout == "", r
+    assert mine.read_text() == '{"my": "data"}'
+    bad = subprocess.run([sys.executable, "-m", "rlens.cli.main", "doctor", "--reps", "0"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--reps" in bad.stderr, bad

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import SMOLVLM2_PREPROCESSOR
 from rlens.errors import InputError, ModelError
 from rlens.imageproc import load_image_processor, registered_types
 from rlens.presets import PRESETS, save_processor_files
@@ -53,7 +54,14 @@ REAL_CONFIGS = {
                 "max_image_size": {"longest_edge": 384}, "processor_class": "Idefics3Processor", "resample": 1,
                 "rescale_factor": 0.00392156862745098, "size": {"longest_edge": 1536}},
 }
+REAL_CONFIGS["llava-v1.6"] = {  # llava-hf/llava-v1.6-mistral-7b-hf
+    "aspect_ratio_setting": "anyres", "crop_size": {"height": 336, "width": 336}, "do_center_crop": True,
+    "do_convert_rgb": True, "do_normalize": True, "do_rescale": True, "do_resize": True,
+    "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]], "image_mean": CLIP_MEAN,
+    "image_processor_type": "LlavaNextImageProcessor", "image_std": CLIP_STD, "processor_class": "LlavaNextProcessor",
+    "resample": 3, "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": 336}}
 REAL_CONFIGS["smolvlm-no-split"] = dict(REAL_CONFIGS["smolvlm"], do_image_splitting=False)
+REAL_CONFIGS["smolvlm2"] = SMOLVLM2_PREPROCESSOR  # SmolVLMImageProcessor, 2048 / 512 tiles
 # (width, height): tiny, square, 3:1 wide, 1:3 tall, odd sizes, large
 SIZES = [(5, 7), (224, 224), (600, 200), (200, 600), (333, 127), (1500, 1000)]
 # The keyword arguments the model's own processor passes to its image processor.
@@ -176,7 +184,7 @@ def test_equals_transformers_at_random_sizes_and_extreme_aspects(folders, name):
 
 def test_several_images_in_one_call(folders):
     images = [_image((333, 127), 1), _image((200, 600), 2)]
-    for name in ("tiny-qwen2-vl", "tiny-llava", "internvl3-hf", "smolvlm", "tiny-idefics3"):
+    for name in ("tiny-qwen2-vl", "tiny-llava", "tiny-llava-next", "internvl3-hf", "smolvlm", "tiny-idefics3"):
         mine, ref = load_image_processor(folders[name]), _reference(folders[name])
         for kwargs in CALL_KWARGS.get(_base_type(folders[name]), [{}]):
             assert_same_output(mine(images=images, **kwargs), run_reference(ref, images, **kwargs))
@@ -223,7 +231,8 @@ def test_attributes_the_callers_read(folders):
 
 
 def test_type_names_dispatch_to_one_processing(tmp_path):
-    for base in ("Qwen2VLImageProcessor", "CLIPImageProcessor", "GotOcr2ImageProcessor", "Idefics3ImageProcessor"):
+    for base in ("Qwen2VLImageProcessor", "CLIPImageProcessor", "GotOcr2ImageProcessor", "Idefics3ImageProcessor",
+                 "LlavaNextImageProcessor"):
         for name in (base, base + "Fast", base + "Pil"):
             assert name in registered_types()
             (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": name}))
@@ -283,6 +292,10 @@ def test_auto_map_is_refused_and_no_code_runs(tmp_path, case):
     ({"preprocessor_config.json": {"image_processor_type": "Qwen2VLImageProcessor", "merge_size": 0}}, "merge_size"),
     ({"preprocessor_config.json": {"image_processor_type": "Idefics3ImageProcessor", "max_image_size": 3}},
      "max_image_size"),
+    ({"preprocessor_config.json": {"image_processor_type": "LlavaNextImageProcessor", "image_grid_pinpoints": [[336]]}},
+     "image_grid_pinpoints"),
+    ({"preprocessor_config.json": {"image_processor_type": "LlavaNextImageProcessor", "image_grid_pinpoints": []}},
+     "image_grid_pinpoints"),
 ])
 def test_bad_configs_are_one_model_error(tmp_path, files, match):
     for name, data in files.items():

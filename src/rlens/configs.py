@@ -18,22 +18,29 @@ from rlens.pruning import PRUNING_METHODS
 RANKINGS = ("greedy", "fast", "stats")
 FFN_MODES = ("static", "dynamic")
 DTYPES = ("fp32", "fp16")
+LOAD_DTYPES = ("auto", "fp32", "fp16", "bf16")  # auto: the checkpoint's own dtype (config.dtype), fp32 for presets
 OPS = ("standard", "ort")
 WEIGHTS = ("float", "int8", "int4")
 DEFAULT_PROPORTION = 0.5
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+IMAGE_SPLITTING_HELP = ("Idefics3/SmolVLM: turn the processor's image splitting off (one tile per image, one visual "
+                        "span); written into rlens' own copy of the processor config, never the checkpoint's. A "
+                        "checkpoint with do_image_splitting on is refused without it")
 
 
 def option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None,
            choices: tuple[str, ...] | None = None, parse: Callable[[str], Any] | None = None,
-           exclusive: str | None = None, group: str | None = None, show_default: bool = True) -> Any:
+           exclusive: str | None = None, group: str | None = None, show_default: bool = True,
+           choices_from: str | None = None) -> Any:
     """A dataclass field that is also a CLI flag (``--field-name`` unless ``flag`` is given).
 
     ``parse``: the argparse ``type`` (default: the default's type); ``exclusive``: fields sharing
     this key form a mutually exclusive group; ``group``: an argument group title. A bool field
-    is a switch (``--flag`` sets True; with ``flag="--no-x"`` it sets False)."""
+    is a switch (``--flag`` sets True; with ``flag="--no-x"`` it sets False). ``choices_from``:
+    ``"module:attribute"`` of a registry whose names are the choices, read only when the flag is
+    parsed or shown (so declaring it imports nothing)."""
     meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "parse": parse,
-            "exclusive": exclusive, "group": group, "show_default": show_default}
+            "exclusive": exclusive, "group": group, "show_default": show_default, "choices_from": choices_from}
     return field(default=default, metadata={"cli": meta})
 
 
@@ -105,6 +112,7 @@ class CalibrationConfig:
         4.0, "memory for greedy's per-candidate checkpoints (layer inputs a candidate resumes from in the next "
         "round; on the cache device); less memory -> more layer evaluations, same ranking; 0 turns them off",
         flag="--greedy-cache", metavar="GIB")
+    image_splitting: bool = option(True, IMAGE_SPLITTING_HELP, flag="--no-image-splitting")
     #: token pruning (docs/token_pruning.md), one field per method of rlens.pruning (named as the
     #: method; the value its flag parses to): FastV (first pruned layer K, dropped share R) ...
     fastv: tuple[int, float] | None = _pruning_flag("fastv")
@@ -200,6 +208,7 @@ class ExportConfig:
                                     metavar="N", parse=int)
     max_tiles: int | None = option(None, "lower the processor's max tiles per image (InternVL dynamic tiling; "
                                    "default: the checkpoint's bound)", metavar="N", parse=int)
+    image_splitting: bool = option(True, IMAGE_SPLITTING_HELP, flag="--no-image-splitting")
     vision: bool = True
     external_data: bool | None = None  # None: when a graph's weights pass export.bundle.INLINE_LIMIT (256 MiB)
 
@@ -288,3 +297,74 @@ class BenchConfig:
     @property
     def seq(self) -> int:
         return self.text_tokens + self.visual_tokens
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How a bundle's graphs run (``rlens run``, ``rlens bench``; ``Session.from_bundle``'s keywords)."""
+
+    backend: str = option("onnxruntime", "runtime backend, one of %(choices)s; tensorrt runs the engines of "
+                          "rlens build-engine, built on this GPU", metavar="NAME",
+                          choices_from="rlens.runtime.backends:BACKENDS")
+    providers: str = option("cpu", "ONNX Runtime execution providers in priority order, comma separated: cpu, "
+                            "cuda, tensorrt (or full names like CUDAExecutionProvider); CPU is always the "
+                            "fallback", metavar="LIST")
+    threads: int = option(0, "intra-op threads (0 = ONNX Runtime's choice)", metavar="N")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 0 <= self.threads <= 1024:
+            raise InputError(f"--threads must be an integer from 0 to 1024, got {self.threads!r}")
+
+    @property
+    def provider_list(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.providers.split(",") if p.strip())
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Generation options of ``rlens run`` and ``Session.generate`` (whose keyword defaults these are)."""
+
+    max_new_tokens: int = option(64, "tokens to generate at most", metavar="N")
+    temperature: float = option(0.0, "sampling temperature; 0 = greedy (argmax, like Hugging Face)", metavar="T")
+    top_p: float = option(1.0, "nucleus sampling mass", metavar="P")
+    seed: int = option(0, "sampling seed", metavar="S")
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """The token layout ``rlens inspect`` accounts FLOPs for."""
+
+    visual_tokens: int = option(256, "visual tokens in the prefill (256 = one InternVL tile)", metavar="N")
+    text_tokens: int = option(64, "text tokens in the prefill", metavar="T")
+    text_before: int = option(0, "how many of the text tokens come before the image", metavar="T0")
+
+    def __post_init__(self) -> None:
+        counts = (self.visual_tokens, self.text_tokens, self.text_before)
+        if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts) \
+                or self.text_before > self.text_tokens:
+            raise InputError("token counts must be >= 0 and --text-before at most --text-tokens")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """How a command that takes MODEL loads it (``rlens calibrate/export/inspect``, ``rlens-export``)."""
+
+    trust_remote_code: bool = option(False, "allow custom model code from a local directory (off by default)")
+    load_dtype: str = option("auto", "dtype the weights are loaded and held in; auto: the checkpoint's own. "
+                             "Independent of the exported graph's --dtype: an fp16 bundle exports from bf16 "
+                             "weights", choices=LOAD_DTYPES)
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    """Options of ``rlens doctor`` (docs/jetson.md)."""
+
+    bundle: str | None = option(None, "plugin-mode bundle to build and compare (default: the shipped "
+                                "plugins/doctor/bundle-hollow-fp16)", metavar="BUNDLE")
+    reps: int = option(20, "timed repetitions per measurement", metavar="N")
+    json: str | None = option(None, "also write the table as JSON to this file (a new file or an earlier doctor "
+                              "result; anything else is refused)", metavar="OUT")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reps, bool) or not isinstance(self.reps, int) or not 1 <= self.reps <= 100_000:
+            raise InputError(f"--reps must be an integer from 1 to 100000, got {self.reps!r}")

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlens.configs import LOAD_DTYPES
 from rlens.errors import ModelError
 from rlens.families import Family, family_for_config
 from rlens.plan import ModelInfo
 from rlens.presets import Preset, build_model, get_preset, is_preset, save_processor_files
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-LOAD_DTYPES = ("auto", *DTYPES)  # auto: the checkpoint's own dtype (config.dtype), fp32 for presets
 
 
 @dataclass

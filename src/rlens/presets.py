@@ -35,11 +35,23 @@ _LLAVA_TEMPLATE = (
     "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %} "
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
+# LLaVA-NeXT's anyres grids on 56-pixel tiles (the real ones: 1x2, 2x1, 2x2, 3x1, 1x3 of 336): 1x2, 2x1,
+# 2x3, 3x1, 3x3, so images of 90x120, 200x60 and 150x220 (h x w) select three different grids.
+_LLAVA_NEXT_PINPOINTS = [[56, 112], [112, 56], [112, 168], [168, 56], [168, 168]]
 _IDEFICS_TEMPLATE = (
     "<|im_start|>{% for m in messages %}{{ m['role'] | capitalize }}:"
     "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+# SmolVLM2's own chat template (SmolVLMProcessor's default, as its checkpoints ship it)
+_SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'] is string %}"
+    "{{': ' + message['content']}}{% else %}{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}"
+    "{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
 
@@ -79,33 +91,41 @@ def _qwen(name: str, family: str, cls: str, vision: dict[str, Any]) -> Preset:
                   processor_config={"processor_class": processor})
 
 
+_LLAVA_SPECIALS = ["<s>", "</s>", "<unk>", "<image>", "<pad>"]
+_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+             image_size=56, patch_size=14, projection_dim=32)
+
+
+def _llava(name: str, family: str, cls: str, config: dict[str, Any], image_processor: str,
+           image_kwargs: dict[str, Any], image_size: tuple[int, int]) -> Preset:
+    """LLaVA-1.5 / LLaVA-NeXT: a Llama LM with a BOS post-processor, a CLIP tower with 56-pixel tiles."""
+    cfg = dict(text_config=dict(_TEXT, model_type="llama", bos_token_id=256, eos_token_id=257, pad_token_id=260),
+               vision_config=_CLIP, image_token_index=259, projector_hidden_act="gelu", vision_feature_layer=-2,
+               vision_feature_select_strategy="default", **config, pad_token_id=260)
+    processor = "LlavaProcessor" if family == "llava" else "LlavaNextProcessor"
+    return Preset(name, family, cls, cfg, _LLAVA_SPECIALS, "</s>", _LLAVA_TEMPLATE, image_processor,
+                  {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}, **image_kwargs}, image_size,
+                  processor_config={"processor_class": processor, "patch_size": 14, "image_token": "<image>",
+                                    "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
+                  tokenizer_config={"bos_token": "<s>"})
+
+
 def _presets() -> dict[str, Preset]:
     qv = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
               temporal_patch_size=2, mlp_ratio=2)
     q25v = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64, num_heads=2,
                 patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                 fullatt_block_indexes=[1])
-    llava_sp = ["<s>", "</s>", "<unk>", "<image>", "<pad>"]
     intern_sp = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<image>",
                  "<video>"]
     idef_sp = ["<|begin_of_text|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>",
                "<image>", "<global-img>", "<|finetune_right_pad_id|>"]
-    clip = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                image_size=56, patch_size=14, projection_dim=32)
     out = [
         _qwen("tiny-qwen2-vl", "qwen2-vl", "Qwen2VLConfig", qv),
         _qwen("tiny-qwen2.5-vl", "qwen2.5-vl", "Qwen2_5_VLConfig", q25v),
-        Preset("tiny-llava", "llava", "LlavaConfig",
-               dict(text_config=dict(_TEXT, model_type="llama", bos_token_id=256, eos_token_id=257,
-                                     pad_token_id=260),
-                    vision_config=clip, image_token_index=259, projector_hidden_act="gelu",
-                    vision_feature_layer=-2, vision_feature_select_strategy="default",
-                    image_seq_length=16, pad_token_id=260),
-               llava_sp, "</s>", _LLAVA_TEMPLATE, "CLIPImageProcessorPil",
-               {"size": {"shortest_edge": 56}, "crop_size": {"height": 56, "width": 56}}, (56, 56),
-               processor_config={"processor_class": "LlavaProcessor", "patch_size": 14, "image_token": "<image>",
-                                 "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
-               tokenizer_config={"bos_token": "<s>"}),
+        _llava("tiny-llava", "llava", "LlavaConfig", {"image_seq_length": 16}, "CLIPImageProcessorPil", {}, (56, 56)),
+        _llava("tiny-llava-next", "llava-next", "LlavaNextConfig", {"image_grid_pinpoints": _LLAVA_NEXT_PINPOINTS},
+               "LlavaNextImageProcessorPil", {"image_grid_pinpoints": _LLAVA_NEXT_PINPOINTS}, (112, 112)),
         Preset("tiny-internvl", "internvl", "InternVLConfig",
                dict(text_config=dict(_TEXT, model_type="qwen2", bos_token_id=256, eos_token_id=258,
                                      pad_token_id=256),
@@ -129,8 +149,26 @@ def _presets() -> dict[str, Preset]:
                {"do_image_splitting": False, "size": {"longest_edge": 128},
                 "max_image_size": {"longest_edge": 128}}, (128, 128),
                processor_config={"processor_class": "Idefics3Processor", "image_seq_len": 16}),
+        _smolvlm(),
     ]
     return {p.name: p for p in out}
+
+
+def _smolvlm() -> Preset:
+    """SmolVLM2 classes (SmolVLMConfig, SmolVLMProcessor, SmolVLMImageProcessor), its chat template,
+    a pixel shuffle of scale 4 (as the real checkpoints; Idefics3's preset uses 2), splitting off."""
+    sp = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<fake_token_around_image>",
+          "<image>", "<global-img>"]
+    return Preset("tiny-smolvlm", "smolvlm", "SmolVLMConfig",
+                  dict(text_config=dict(_TEXT, model_type="llama", bos_token_id=257, eos_token_id=259,
+                                        pad_token_id=258),
+                       vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=2, image_size=256, patch_size=16),
+                       image_token_id=261, scale_factor=4, pad_token_id=258),
+                  sp, "<end_of_utterance>", _SMOLVLM_TEMPLATE, "SmolVLMImageProcessorPil",
+                  {"do_image_splitting": False, "size": {"longest_edge": 256},
+                   "max_image_size": {"longest_edge": 256}}, (256, 256),
+                  processor_config={"processor_class": "SmolVLMProcessor", "image_seq_len": 16})
 
 
 PRESETS = _presets()

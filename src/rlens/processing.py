@@ -209,6 +209,27 @@ def check_sequence_length(tokens: int, limit: int | None, what: str) -> None:
         raise InputError(f"{what} is {tokens} tokens, over the model's limit of {limit} (max_position_embeddings)")
 
 
+def apply_image_options(family: type[Family], proc_dir: Path, *, max_pixels: int | None = None,
+                        max_tiles: int | None = None, image_splitting: bool = True) -> dict[str, int]:
+    """Apply ``--max-pixels``/``--max-tiles``/``--no-image-splitting`` to the image processor config
+    in ``proc_dir`` (rlens' own copy of the processor files, never the checkpoint's: the file the
+    image processor is read from, processor_config.json's ``image_processor`` entry, else
+    preprocessor_config.json); the resulting bounds. A config the family cannot take (Idefics3
+    splitting left on) is refused here, before any long work."""
+    from rlens.imageproc import read_image_processor_config
+
+    cfg = read_image_processor_config(proc_dir)
+    changed = family.image_options(family.lower_bounds(cfg, max_pixels, max_tiles), image_splitting)
+    if changed is not cfg:
+        nested = proc_dir / "processor_config.json"
+        outer = json.loads(nested.read_text()) if nested.is_file() else {}
+        if isinstance(outer.get("image_processor"), dict):
+            nested.write_text(json.dumps(dict(outer, image_processor=changed), indent=2, sort_keys=True) + "\n")
+        else:
+            (proc_dir / "preprocessor_config.json").write_text(json.dumps(changed, indent=2, sort_keys=True) + "\n")
+    return family.image_bounds(changed)
+
+
 def load_image(image: Any, max_pixels: int | None = None) -> Any:
     """A PIL image (RGB, EXIF orientation applied) from a path or an image.
 

@@ -42,7 +42,7 @@ def plan_from_model(loaded: Any, config: CalibrationConfig,
         samples = samples[:config.max_samples]
     if not samples:
         raise InputError("no calibration samples")
-    encoded = encode_samples(loaded, samples)
+    encoded = encode_samples(loaded, samples, image_splitting=config.image_splitting)
     return plan_from_encoded(loaded.model, loaded.family, loaded.info(), encoded, config, origin)
 
 

@@ -178,14 +178,17 @@ def _shape_sample(rng: np.random.RandomState, i: int) -> CalibrationSample:
 
 
 # ---- encoding --------------------------------------------------------------------------------
-def encode_samples(loaded: Any, samples: list[CalibrationSample]) -> list[Encoded]:
-    """Tokenise and preprocess every sample with the model's processor files."""
-    from rlens.processing import Processor
+def encode_samples(loaded: Any, samples: list[CalibrationSample], *, image_splitting: bool = True) -> list[Encoded]:
+    """Tokenise and preprocess every sample with the model's processor files (a temporary copy;
+    ``image_splitting=False``: with Idefics3/SmolVLM image splitting off, as the export's
+    ``--no-image-splitting`` makes the bundle)."""
+    from rlens.processing import Processor, apply_image_options
 
     if not samples:
         raise InputError("no calibration samples")
     with tempfile.TemporaryDirectory(prefix="rlens-calib-") as tmp:
         loaded.save_processor(Path(tmp))
+        apply_image_options(loaded.family, Path(tmp), image_splitting=image_splitting)
         proc = Processor(Path(tmp), loaded.family, loaded.config)
         return [_encode(proc, loaded, s) for s in samples]
 

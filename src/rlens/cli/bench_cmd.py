@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from rlens.cli.flags import add_flags, config_from_args
-from rlens.cli.run_cmd import add_provider_flag, providers_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,24 +19,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "alternately (A/B/A/B) in one process and ratios BUNDLE/OTHER are the median of pairs.")
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     p.add_argument("--against", metavar="OTHER_BUNDLE", help="bundle to compare with (e.g. the unreduced one)")
-    from rlens.configs import BenchConfig
+    from rlens.configs import BenchConfig, RunnerConfig
 
     add_flags(p, BenchConfig)
-    p.add_argument("--threads", type=int, default=0, metavar="N", help="intra-op threads (0 = ONNX Runtime's)")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON (docs/runtime.md)")
-    add_provider_flag(p)
+    add_flags(p, RunnerConfig)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlens.configs import BenchConfig
+    from rlens.configs import BenchConfig, RunnerConfig
     from rlens.runtime.bench import bench, format_table
 
     if args.json:
         check_json_out(Path(args.json))  # before the benchmark, not after it
-    cfg = config_from_args(BenchConfig, args)
-    result = bench(args.bundle, args.against, cfg, providers=providers_of(args), backend=args.backend,
-                   threads=args.threads)
+    cfg, runner = config_from_args(BenchConfig, args), config_from_args(RunnerConfig, args)
+    result = bench(args.bundle, args.against, cfg, providers=runner.provider_list, backend=runner.backend,
+                   threads=runner.threads)
     print(format_table(result))
     if args.json:
         write_results(Path(args.json), result)

@@ -47,6 +47,9 @@ def _argparse_kwargs(f: dataclasses.Field, meta: dict[str, Any]) -> dict[str, An
     kw: dict[str, Any] = {"default": f.default, "help": help_text}
     if meta["choices"]:
         kw["choices"] = meta["choices"]
+    elif meta.get("choices_from"):
+        kw["choices"] = LazyChoices(_registry(meta["choices_from"]))
+        kw["type"], kw["metavar"] = str, meta["metavar"]
     else:
         kw["type"] = meta["parse"] or (str if f.default is None else type(f.default))
         kw["metavar"] = meta["metavar"]
@@ -58,6 +61,17 @@ def config_from_args(config_cls: type, args: argparse.Namespace, **overrides: An
     values = {f.name: getattr(args, f.name) for f in cli_fields(config_cls) if hasattr(args, f.name)}
     values.update(overrides)
     return config_cls(**values)
+
+
+def _registry(path: str) -> Any:
+    """A loader of the registry ``"module:attribute"`` (imported when first called)."""
+    def load() -> Any:
+        import importlib
+
+        module, attr = path.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+    return load
 
 
 class LazyChoices:

@@ -8,6 +8,7 @@ import sys
 
 from rlens.cli import add_model_argument
 from rlens.cli.calibrate_cmd import add_pruning_method_flags
+from rlens.cli.flags import add_flags, config_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,24 +20,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_argument(p)
     p.add_argument("--plan", metavar="P", help="plan.json to account for (checked against the model)")
-    p.add_argument("--visual-tokens", type=int, default=256, metavar="N",
-                   help="visual tokens in the prefill (default 256: one InternVL tile)")
-    p.add_argument("--text-tokens", type=int, default=64, metavar="T",
-                   help="text tokens in the prefill (default 64)")
-    p.add_argument("--text-before", type=int, default=0, metavar="T0",
-                   help="how many of the text tokens come before the image (default 0)")
+    from rlens.configs import InspectConfig
+
+    add_flags(p, InspectConfig)
     add_pruning_method_flags(p.add_argument_group("token pruning added to the accounting (docs/token_pruning.md)"))
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from rlens.errors import InputError
+    from rlens.configs import InspectConfig
     from rlens.flops import Sizes, TokenLayout, plan_flops
     from rlens.models import load_config, load_model
 
-    if args.visual_tokens < 0 or args.text_tokens < 0 or not 0 <= args.text_before <= args.text_tokens:
-        raise InputError("token counts must be >= 0 and --text-before at most --text-tokens")
+    tokens = config_from_args(InspectConfig, args)  # checks the counts before loading anything
     plan = None
     if args.plan:
         from rlens.plan import load_plan
@@ -48,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
         config, family = load_config(args.model, trust_remote_code=args.trust_remote_code)
     sizes = family.sizes(config)
     plan = _with_pruning(plan, args, family, config, sizes)
-    layout = TokenLayout(visual=args.visual_tokens, text_after=args.text_tokens - args.text_before,
-                         text_before=args.text_before)
+    layout = TokenLayout(visual=tokens.visual_tokens, text_after=tokens.text_tokens - tokens.text_before,
+                         text_before=tokens.text_before)
     report = plan_flops(plan, Sizes.from_family_sizes(sizes), layout)
     if args.json:
         out = {"family": family.name, "architecture": family.model_class, "sizes": sizes,

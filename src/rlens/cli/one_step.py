@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--plan", metavar="P", help="use this plan.json instead of calibrating")
     src.add_argument("--no-reduce", action="store_true", help="export the unreduced model (for comparison)")
-    add_calibration_flags(p, exclude={"ffn_mode"})  # --ffn-mode is the export's (default: static)
+    add_calibration_flags(p, exclude={"ffn_mode", "image_splitting"})  # the export's flags
     add_export_flags(p)
     g = p.add_argument_group("with --engine")
     g.add_argument("--engine", action="store_true",

@@ -5,26 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlens.cli.flags import LazyChoices
-
-
-def add_provider_flag(p: argparse.ArgumentParser) -> None:
-    def backends():
-        from rlens.runtime.backends import BACKENDS
-
-        return BACKENDS
-
-    p.add_argument("--backend", choices=LazyChoices(backends), default="onnxruntime", metavar="NAME",
-                   help="runtime backend, one of %(choices)s (default %(default)s); tensorrt runs the engines of "
-                        "rlens build-engine, built on this GPU")
-    p.add_argument("--providers", default="cpu", metavar="LIST",
-                   help="ONNX Runtime execution providers in priority order, comma separated: cpu, cuda, "
-                        "tensorrt (or full names like CUDAExecutionProvider); CPU is always the fallback "
-                        "(default cpu)")
-
-
-def providers_of(args: argparse.Namespace) -> tuple[str, ...]:
-    return tuple(p.strip() for p in args.providers.split(",") if p.strip())
+from rlens.cli.flags import add_flags, config_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,25 +17,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("bundle", metavar="BUNDLE", help="bundle folder")
     p.add_argument("--image", required=True, metavar="IMG", help="image file (one image)")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="the question or instruction")
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate at most (64)")
+    from rlens.configs import GenerationConfig, RunnerConfig
+
+    add_flags(p, GenerationConfig)
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
-    p.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling mass (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed (default 0)")
-    p.add_argument("--threads", type=int, default=0, metavar="N", help="intra-op threads (0 = ONNX Runtime's)")
     p.add_argument("--digest", metavar="SHA256",
                    help="run the bundle only if its manifest digest is this (manifest.json 'digest'; docs/bundle.md)")
-    add_provider_flag(p)
+    add_flags(p, RunnerConfig)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from rlens.configs import GenerationConfig, RunnerConfig
     from rlens.runtime import Session
 
-    with Session.from_bundle(args.bundle, backend=args.backend, providers=providers_of(args),
-                             threads=args.threads, digest=args.digest) as sess:
-        out = sess.generate(args.image, args.prompt, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature, top_p=args.top_p, seed=args.seed, stream=True)
+    runner, gen = config_from_args(RunnerConfig, args), config_from_args(GenerationConfig, args)
+    with Session.from_bundle(args.bundle, backend=runner.backend, providers=runner.provider_list,
+                             threads=runner.threads, digest=args.digest) as sess:
+        out = sess.generate(args.image, args.prompt, **asdict(gen), stream=True)
         for piece in out:
             if args.stream:
                 sys.stdout.write(piece)

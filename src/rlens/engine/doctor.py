@@ -12,12 +12,10 @@ is printed; ``--json`` writes it too. Exit code 1 when a check FAILs, 0 otherwis
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rlens.errors import InputError, RlensError
+from rlens.errors import RlensError
 from rlens.plugins import DOCTOR_BUNDLE
 
 
@@ -343,14 +341,11 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _main(args: argparse.Namespace) -> int:
-    if args.reps < 1:
-        raise InputError(f"--reps must be at least 1, got {args.reps}")
-    doc = run_doctor(args.bundle, args.reps)
+def run_and_print(bundle: Path, reps: int) -> list[dict[str, Any]]:
+    """``rlens doctor``: run the checks, print the table, return the rows as JSON objects."""
+    doc = run_doctor(bundle, reps)
     print(format_table(doc.rows))
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in doc.rows], indent=1) + "\n")
-    return 1 if any(r.status == "FAIL" for r in doc.rows) else 0
+    return [asdict(r) for r in doc.rows]
 
 
 __all__ = ["Doctor", "Row", "format_table", "prefill_feeds", "run_doctor"]

@@ -46,7 +46,7 @@ def reference_features(loaded: Any, processed: dict[str, np.ndarray]) -> np.ndar
 def vision_model(loaded: Any, inputs: dict[str, np.ndarray], opset: int) -> onnx.ModelProto:
     """Trace the vision path on ``inputs``; raise :class:`ModelError` if no exporter manages."""
     errors = []
-    for dynamo in (False, True):
+    for dynamo in (name == "dynamo" for name in loaded.family.vision_exporters):
         try:
             model = _trace(loaded, inputs, opset, dynamo)
             _check_runs(model, inputs)

@@ -27,6 +27,7 @@ from rlens.export.verify import compare_decoder, decoder_golden, span_for_plan
 from rlens.export.vision import embed_model, reference_features, vision_model
 from rlens.fileio import output_writer
 from rlens.plan import Plan
+from rlens.processing import apply_image_options
 from rlens.runtime.manifest import FORMAT, VERSION, write_manifest
 
 
@@ -91,6 +92,8 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig, *,
     once every golden is computed, before ONNX Runtime loads the decoder, so peak memory holds one
     copy of the weights, not two."""
     loaded.save_processor(folder / "processor")
+    bounds = apply_image_options(loaded.family, folder / "processor", max_pixels=config.max_pixels,
+                                 max_tiles=config.max_tiles, image_splitting=config.image_splitting)
     plan.save(folder / "plan.json")
     graphs: dict[str, Any] = {}
     diffs: dict[str, float] = {}
@@ -113,7 +116,7 @@ def write_bundle(loaded: Any, plan: Plan, folder: Path, config: ExportConfig, *,
     vision = None
     if config.vision:
         _vision_fp32(loaded)
-        vision = _vision(loaded, folder, config, graphs, diffs)
+        vision = _vision(loaded, folder, config, graphs, diffs, bounds)
     if config.verify:
         diffs["embed_tokens"] = _check_embed(loaded, folder / "embed_tokens.onnx")
     body = _manifest(loaded, plan, config, graphs, diffs, vision)
@@ -189,49 +192,32 @@ def sample_size(loaded: Any) -> tuple[int, int]:
 
 
 def check_sizes(loaded: Any) -> list[tuple[int, int]]:
-    """The traced size, then a wide and a tall image: vision.onnx is verified on all three."""
+    """The traced size, then a wide and a tall image: vision.onnx is verified on all three. The tall
+    one is 2.25 times the height, so grid-based families get an odd block count (Qwen2.5-VL: a
+    partly filled window)."""
     h, w = sample_size(loaded)
-    return [(h, w), (h, 2 * w), (2 * h + h // 2, w)]
+    return [(h, w), (h, 2 * w), (2 * h + h // 4, w)]
 
 
 def _vision(loaded: Any, folder: Path, config: ExportConfig, graphs: dict[str, Any],
-            diffs: dict[str, float]) -> dict[str, Any]:
+            diffs: dict[str, float], bounds: dict[str, int]) -> dict[str, Any]:
     """Write vision.onnx (traced once, dynamic as the family declares), verify it at several image
     sizes against Hugging Face's ``get_image_features``; the manifest's ``vision`` entry."""
     from rlens.export.vision import vision_inputs
     from rlens.processing import Processor
 
-    proc_dir = folder / "processor"
-    bounds = lower_processor_bounds(loaded.family, proc_dir, config.max_pixels, config.max_tiles)
-    proc = Processor(proc_dir, loaded.family, loaded.config)
+    proc = Processor(folder / "processor", loaded.family, loaded.config)
     prepared = [proc.prepare(sample_image(size), "Describe the image.") for size in check_sizes(loaded)]
     vis = vision_model(loaded, vision_inputs(loaded, prepared[0].vision), config.opset)
     graphs["vision"] = {"files": save_onnx(vis, folder / "vision.onnx", config.external_data), **_io_table(vis)}
     if config.verify:
         diffs["vision"] = max(_check_vision(loaded, folder / "vision.onnx", p.vision) for p in prepared)
     params = loaded.family.vision_params(loaded.config)
-    return {"params": params, "bounds": bounds, "axes": loaded.family.vision_axes(params, bounds),
-            "per_image": [p.visual_span[1] for p in prepared], "checked_sizes": [list(s) for s in check_sizes(loaded)]}
-
-
-def lower_processor_bounds(family: Any, proc_dir: Path, max_pixels: int | None, max_tiles: int | None) -> dict[str, int]:
-    """Apply ``--max-pixels``/``--max-tiles`` to the bundle's image processor config (the file the
-    image processor is read from: processor_config.json's ``image_processor`` entry, else
-    preprocessor_config.json); the resulting bounds."""
-    import json
-
-    from rlens.imageproc import read_image_processor_config
-
-    cfg = read_image_processor_config(proc_dir)
-    lowered = family.lower_bounds(cfg, max_pixels, max_tiles)
-    if lowered is not cfg:
-        nested = proc_dir / "processor_config.json"
-        outer = json.loads(nested.read_text()) if nested.is_file() else {}
-        if isinstance(outer.get("image_processor"), dict):
-            nested.write_text(json.dumps(dict(outer, image_processor=lowered), indent=2, sort_keys=True) + "\n")
-        else:
-            (proc_dir / "preprocessor_config.json").write_text(json.dumps(lowered, indent=2, sort_keys=True) + "\n")
-    return family.image_bounds(lowered)
+    out = {"params": params, "bounds": bounds, "axes": loaded.family.vision_axes(params, bounds),
+           "per_image": [p.visual_span[1] for p in prepared], "checked_sizes": [list(s) for s in check_sizes(loaded)]}
+    if not config.image_splitting:
+        out["image_splitting"] = False
+    return out
 
 
 def _check_vision(loaded: Any, path: Path, processed: dict[str, np.ndarray]) -> float:

@@ -67,6 +67,10 @@ class Family:
     expansion_tokens: ClassVar[dict[str, str]] = {}
     #: keyword arguments the model's own processor passes to its image processor
     image_call_kwargs: ClassVar[dict[str, Any]] = {}
+    #: torch.onnx exporters tried in order for vision.onnx ("torchscript", "dynamo"): a family whose
+    #: vision code the TorchScript exporter cannot take skips it (that exporter prints its whole IR
+    #: graph on stderr when it fails).
+    vision_exporters: ClassVar[tuple[str, ...]] = ("torchscript", "dynamo")
 
     # ---- structure -------------------------------------------------------------------------
     @classmethod
@@ -188,6 +192,14 @@ class Family:
             if value is not None:
                 raise InputError(f"{flag} does not apply to {cls.name}: its processor resizes every image "
                                  "to one fixed size")
+        return image_processor
+
+    @classmethod
+    def image_options(cls, image_processor: dict[str, Any], image_splitting: bool) -> dict[str, Any]:
+        """preprocessor_config.json with image splitting turned off (``--no-image-splitting``)."""
+        if not image_splitting:
+            raise InputError(f"--no-image-splitting does not apply to {cls.name}: only Idefics3/SmolVLM split "
+                             "images into tiles with text tokens between them")
         return image_processor
 
     # ---- support checks --------------------------------------------------------------------

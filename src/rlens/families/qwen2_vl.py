@@ -29,7 +29,8 @@ class Qwen2VL(Family):
 
     vision_dynamic_axes = {"pixel_values": {0: "patches"}, "vision_position_ids": {0: "patches"},
                            "window_index": {0: "merged_patches"}, "window_reverse": {0: "merged_patches"},
-                           "window_segments": {0: "patches"}}
+                           "window_gather": {0: "window_slots"}, "window_valid": {0: "windows"},
+                           "window_scatter": {0: "patches"}}
 
     @classmethod
     def vision_params(cls, config: Any) -> dict[str, Any]:
@@ -72,7 +73,13 @@ class Qwen2VL(Family):
         """Patches: at least one merge block, at most max_pixels / patch^2 (smart_resize keeps h*w <= max)."""
         unit = int(params["merge_size"]) ** 2
         top = bounds["max_pixels"] // int(params["patch_size"]) ** 2 // unit * unit
-        return {"patches": [unit, top], "merged_patches": [1, top // unit], "visual": [1, top // unit]}
+        axes = {"patches": [unit, top], "merged_patches": [1, top // unit], "visual": [1, top // unit]}
+        if params.get("window_size"):
+            from rlens.families.qwen_vision import max_windows, window_slots
+
+            windows = max_windows(params, top // unit)
+            axes.update(windows=[1, windows], window_slots=[window_slots(params), windows * window_slots(params)])
+        return axes
 
     @classmethod
     def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rlens.errors import ModelError
-from rlens.imageproc import clip, got_ocr2, idefics3, qwen2_vl  # noqa: F401  (register the processors)
+from rlens.imageproc import clip, got_ocr2, idefics3, llava_next, qwen2_vl  # noqa: F401  (register the processors)
 from rlens.imageproc.base import ImageProcessor, processor_class, registered_types
 
 __all__ = ["ImageProcessor", "load_image_processor", "read_image_processor_config", "registered_types",

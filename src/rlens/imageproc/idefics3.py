@@ -53,7 +53,7 @@ def split_size(height: int, width: int, tile: int) -> tuple[int, int]:
     return height, width
 
 
-@register("Idefics3ImageProcessor")
+@register("Idefics3ImageProcessor", "SmolVLMImageProcessor")  # SmolVLM2's is the same processing
 class Idefics3ImageProcessor(ImageProcessor):
     defaults = {
         "resample": 1, "image_mean": STANDARD_MEAN, "image_std": STANDARD_STD, "size": {"longest_edge": 4 * 364},

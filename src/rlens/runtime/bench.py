@@ -19,7 +19,7 @@ import numpy as np
 from rlens.configs import BenchConfig
 from rlens.errors import InputError
 from rlens.processing import check_sequence_length
-from rlens.runtime import positions as pos_mod
+import rlens.runtime.positions as pos_mod
 from rlens.runtime.memory import peak_bytes
 from rlens.runtime.session import Session
 

@@ -81,8 +81,9 @@ class TokenSection:
 
 @dataclass(frozen=True)
 class VisionSection:
-    params: dict[str, int | None] = doc("the family's numbers for building vision feeds (e.g. merge_size, "
-                                        "patch_size)", lo=0, hi=1 << 16, max_items=32, default={})
+    params: dict[str, int | tuple[tuple[int, ...], ...] | None] = doc(
+        "the family's numbers for building vision feeds (e.g. merge_size, patch_size; LLaVA-NeXT's "
+        "grid_pinpoints, a list of [height, width])", lo=0, hi=1 << 16, max_items=32, default={})
     bounds: dict[str, int] = doc("the processor's image bounds (min/max_pixels, min/max_tiles), lowered by "
                                  "--max-pixels/--max-tiles", lo=1, hi=1 << 30, max_items=16, default={})
     axes: dict[str, tuple[int, ...]] = doc("[min, max] of each dynamic vision axis within the bounds", lo=0,
@@ -93,6 +94,9 @@ class VisionSection:
                                                      lo=1, hi=16384, max_items=16, default=())
     max_image_pixels: int = doc("images with more pixels are refused before decoding", lo=1, hi=1 << 28,
                                 default=DEFAULT_MAX_IMAGE_PIXELS)
+    image_splitting: bool | None = doc("false when export turned the processor's image splitting off "
+                                       "(--no-image-splitting, Idefics3/SmolVLM) in the bundle's processor copy",
+                                       default=None)
 
     def __post_init__(self) -> None:
         for name, pair in self.axes.items():

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from rlens.configs import GenerationConfig as _GEN
 from rlens.errors import InputError
 from rlens.processing import check_sequence_length
-from rlens.runtime import positions as pos_mod
+import rlens.runtime.positions as pos_mod
 from rlens.runtime.backends import Backend, make_backend
 from rlens.runtime.manifest import Manifest, read_manifest
 from rlens.runtime.memory import resident_bytes
@@ -90,8 +91,8 @@ class Session:
             for name in ("vision", "embed_tokens", "decoder"):
                 if manifest.graph(name):
                     before = resident_bytes()
-                    self.runners[name] = make_backend(backend, manifest.graph_path(name), providers,
-                                                      **options).activate()
+                    self.runners[name] = make_backend(backend, manifest.graph_path(name), providers, bundle=manifest,
+                                                      graph=name, **options).activate()
                     after = resident_bytes()
                     self.resident[name] = None if before is None or after is None else after - before
         except BaseException:
@@ -168,8 +169,9 @@ class Session:
         return emb
 
     # ---- generation ----------------------------------------------------------------------------
-    def generate(self, images: Any, prompt: str, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = 0, stream: bool = False) -> str | Stream:
+    def generate(self, images: Any, prompt: str, max_new_tokens: int = _GEN.max_new_tokens,
+                 temperature: float = _GEN.temperature, top_p: float = _GEN.top_p, seed: int | None = _GEN.seed,
+                 stream: bool = False) -> str | Stream:
         """The answer text, or with ``stream=True`` a :class:`Stream` of text pieces."""
         t0 = time.perf_counter()
         sampler = Sampler(temperature, top_p, seed)

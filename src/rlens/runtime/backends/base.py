@@ -46,9 +46,15 @@ class Backend:
 
     name: ClassVar[str] = "base"
 
-    def __init__(self, path: str | Path, providers: tuple[str, ...] | None = None, **options: Any) -> None:
+    def __init__(self, path: str | Path, providers: tuple[str, ...] | None = None, *,
+                 bundle: Any = None, graph: str | None = None, **options: Any) -> None:
         self.path = Path(path)
         self.providers = providers
+        #: the checked bundle manifest (:class:`rlens.runtime.manifest.Manifest`) and this runner's graph
+        #: name, given by the Session; a backend reads what it needs from them rather than reading the
+        #: bundle itself (the backends package imports nothing from ``rlens.runtime``)
+        self.bundle = bundle
+        self.graph = graph
         self.options = options
         self.is_active = False
         self._inputs: dict[str, TensorSpec] = {}

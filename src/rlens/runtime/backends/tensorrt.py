@@ -25,7 +25,6 @@ import numpy as np
 
 from rlens.attention_modes import needs_plugin
 from rlens.runtime.backends.base import Backend, BackendError, TensorSpec
-from rlens.runtime.manifest import read_manifest
 
 
 class DeviceTensor:
@@ -101,11 +100,11 @@ class TensorRTBackend(Backend):
 
         from rlens.targets import check_engine_record, current_target
 
-        bundle = self.path.parent
-        typed = read_manifest(bundle, check_hashes=False)  # Session already checked the hashes
-        manifest = typed.raw
-        graph = next((g for g, v in manifest.get("graphs", {}).items() if v.get("files", [None])[0] == self.path.name),
-                     self.path.stem)
+        typed = self.bundle
+        if typed is None or self.graph is None:
+            raise BackendError("the tensorrt runner reads its engine from the bundle's manifest: open the bundle "
+                               "with rlens.runtime.Session.from_bundle(path, backend='tensorrt')")
+        bundle, graph, manifest = typed.folder, self.graph, typed.raw
         record = (manifest.get("engines") or {}).get(graph)
         if record is None:
             raise BackendError(f"{bundle} has no TensorRT engine for {graph}; build it on this GPU with "
