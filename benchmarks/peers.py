@@ -227,10 +227,10 @@ class Eager:
             out = m.model(inputs_embeds=torch.from_numpy(lay.embeds), use_cache=True)
             logits = m.lm_head(out.last_hidden_state[:, -1:])
             t1 = clock()
-            cache, kw = out.past_key_values, hf_compat.cache_kwarg(m.model)
+            cache = hf_compat.output_cache(out)
             for x in lay.steps:
-                o = m.model(inputs_embeds=torch.from_numpy(x), use_cache=True, **{kw: cache})
-                cache = o.past_key_values
+                o = hf_compat.call_with_cache(m.model, cache, inputs_embeds=torch.from_numpy(x), use_cache=True)
+                cache = hf_compat.output_cache(o)
                 m.lm_head(o.last_hidden_state[:, -1:])
             t2 = clock()
         if record:
