@@ -36,6 +36,7 @@ def test_disk_offloaded_model_calibrates_to_the_same_plan(checkpoint, tmp_path):
     assert got.ranking.divergence == pytest.approx(want.ranking.divergence, rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_cli_flags(checkpoint, tmp_path):
     bad = tmp_path / "map.json"
     bad.write_text("[1, 2]")

@@ -116,6 +116,7 @@ def test_calibrate_bad_data_names_the_line_and_writes_nothing(tmp_path):
     assert not out.exists() and not (tmp_path / "plan.report.png").exists()
 
 
+@pytest.mark.slow
 def test_one_step_export_calibrates_and_exports(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import sys; from rlens.cli.main import export_main; "
                         "sys.exit(export_main(sys.argv[1:]))", "tiny-llava", str(tmp_path / "b"),

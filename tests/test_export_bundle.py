@@ -41,6 +41,7 @@ def test_bundle_every_preset(tmp_path, preset):
     assert isinstance(m["model"]["max_position_embeddings"], int) and m["model"]["max_position_embeddings"] == want
 
 
+@pytest.mark.slow
 def test_two_exports_are_byte_identical(tmp_path):
     lm = load_model("tiny-idefics3")  # its vision tower needs the dynamo exporter
     plan = static_plan(lm.info())

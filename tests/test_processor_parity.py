@@ -151,6 +151,7 @@ def test_image_splitting_is_refused_in_one_line_naming_the_flag(splitting_checkp
     assert _digest(ckpt) == before
 
 
+@pytest.mark.slow
 def test_no_image_splitting_exports_hugging_faces_unsplit_answers(splitting_checkpoint, tmp_path):
     """``--no-image-splitting``: the bundle's processor copy (never the checkpoint) has splitting
     off, the manifest says so, and the runtime gives the input ids, pixels and greedy tokens of
