@@ -208,3 +208,30 @@ def test_calibration_follows_no_image_splitting(splitting_checkpoint):
     encoded = encode_samples(loaded, samples, image_splitting=False)
     assert [e.visual_span[1] for e in encoded] == [16, 16]
     assert _digest(ckpt) == before
+
+
+def test_special_tokens_named_only_in_tokenizer_config_are_tokens(tmp_path):
+    """A special token that tokenizer_config.json names but tokenizer.json keeps only in its base
+    vocabulary (not as an added token) is one token when the chat template writes it, as
+    transformers' tokenizer makes it on load; before, rlens encoded it as its characters."""
+    import json
+
+    import transformers
+
+    from rlens.models import load_model
+    from rlens.processing import Processor
+
+    loaded = load_model("tiny-llava")
+    loaded.save_processor(tmp_path)
+    tok = json.loads((tmp_path / "tokenizer.json").read_text())
+    eos = next(a for a in tok["added_tokens"] if a["content"] == "</s>")
+    tok["added_tokens"].remove(eos)
+    tok["model"]["vocab"]["</s>"] = eos["id"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tok))
+    template = (tmp_path / "chat_template.jinja").read_text()
+    (tmp_path / "chat_template.jinja").write_text(template.replace("{% if add_generation_prompt %}ASSISTANT:",
+                                                                   "{% if add_generation_prompt %}</s>ASSISTANT:"))
+    ids, text = Processor(tmp_path, loaded.family, loaded.config).encode("Hi there", 16)
+    assert "</s>ASSISTANT:" in text
+    want = transformers.AutoTokenizer.from_pretrained(str(tmp_path))(text)["input_ids"]
+    assert ids[0].tolist() == want and eos["id"] in want

@@ -64,6 +64,7 @@ class Processor:
         self._image_processor: Any = None
         self._lock = threading.RLock()  # the tokenizer's encode_special_tokens flag and lazy loading
         tcfg = _read_json(self.folder / "tokenizer_config.json")
+        _add_named_special_tokens(self.tokenizer, tcfg)
         eos = _content(tcfg.get("eos_token"))
         self.eos_token_id = self.tokenizer.token_to_id(eos) if isinstance(eos, str) and eos else None
         bos = _content(tcfg.get("bos_token"))
@@ -302,6 +303,25 @@ def _to_rgb(im: Any) -> Any:
             a = a / 257.0
         im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
     return im.convert("RGB")
+
+
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _add_named_special_tokens(tokenizer: Any, tcfg: dict[str, Any]) -> None:
+    """Add the special tokens tokenizer_config.json names but tokenizer.json does not list as added
+    tokens, as transformers' fast tokenizers do on load (``AddedToken(special=True,
+    normalized=False)``; a string already in the vocabulary keeps its id): without this, such a token
+    written by the chat template (``</s>``) would be encoded as its characters."""
+    from tokenizers import AddedToken
+
+    named = [_content(tcfg.get(k)) for k in SPECIAL_TOKEN_KEYS]
+    extra = tcfg.get("extra_special_tokens") or tcfg.get("additional_special_tokens") or []
+    named += [_content(v) for v in (extra.values() if isinstance(extra, dict) else extra)]
+    have = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+    missing = list(dict.fromkeys(t for t in named if isinstance(t, str) and t and t not in have))
+    if missing:
+        tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
 
 
 def _content(token: Any) -> Any:
