@@ -184,15 +184,38 @@ class Family:
         profiles follow them."""
         return {}
 
+    #: the processor bound ``rlens export`` may lower: (flag, its key in :meth:`image_bounds`, the
+    #: lower limit's key there, the limit's name in the processor config); None: none
+    lowerable: tuple[str, str, str, str] | None = None
+    #: why the other bound flag does not apply to this family (the refusal's second half)
+    bound_note = "its processor resizes every image to one fixed size"
+
     @classmethod
     def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
                      max_tiles: int | None) -> dict[str, Any]:
-        """preprocessor_config.json with bounds lowered (``--max-pixels``/``--max-tiles``)."""
-        for flag, value in (("--max-pixels", max_pixels), ("--max-tiles", max_tiles)):
-            if value is not None:
-                raise InputError(f"{flag} does not apply to {cls.name}: its processor resizes every image "
-                                 "to one fixed size")
-        return image_processor
+        """preprocessor_config.json with bounds lowered (``--max-pixels``/``--max-tiles``): the
+        family's :attr:`lowerable` flag only, between the processor's limits; :meth:`with_bound`
+        writes it."""
+        given = {"--max-pixels": max_pixels, "--max-tiles": max_tiles}
+        flag = cls.lowerable[0] if cls.lowerable else None
+        for other, value in given.items():
+            if value is not None and other != flag:
+                raise InputError(f"{other} does not apply to {cls.name} ({cls.bound_note})"
+                                 + (f"; use {flag}" if flag else ""))
+        if flag is None:
+            return image_processor
+        _, high, low, low_name = cls.lowerable
+        value, bounds = given[flag], cls.image_bounds(image_processor)
+        if value is None or value >= bounds[high]:
+            return image_processor
+        if value < bounds[low]:
+            raise InputError(f"{flag} {value} is below the processor's {low_name} {bounds[low]}")
+        return cls.with_bound(image_processor, value, bounds)
+
+    @classmethod
+    def with_bound(cls, image_processor: dict[str, Any], value: int, bounds: dict[str, int]) -> dict[str, Any]:
+        """The processor config with the :attr:`lowerable` bound set to ``value`` (already checked)."""
+        raise NotImplementedError(f"{cls.name} declares lowerable but not with_bound")
 
     @classmethod
     def image_options(cls, image_processor: dict[str, Any], image_splitting: bool) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rlens.errors import InputError, ModelError
+from rlens.errors import ModelError
 from rlens.families import register
 from rlens.families.base import Family
 
@@ -46,18 +46,12 @@ class InternVL(Family):
         top = bounds["max_tiles"] + (1 if bounds["max_tiles"] > 1 else 0)  # + the thumbnail
         return {"tiles": [1, top]}
 
+    lowerable = ("--max-tiles", "max_tiles", "min_tiles", "min_patches")
+    bound_note = "it cuts images into 448x448-style tiles"
+
     @classmethod
-    def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
-                     max_tiles: int | None) -> dict[str, Any]:
-        if max_pixels is not None:
-            raise InputError(f"--max-pixels does not apply to {cls.name} (it cuts images into 448x448-style tiles); "
-                             "use --max-tiles")
-        bounds = cls.image_bounds(image_processor)
-        if max_tiles is None or max_tiles >= bounds["max_tiles"]:
-            return image_processor
-        if max_tiles < bounds["min_tiles"]:
-            raise InputError(f"--max-tiles {max_tiles} is below the processor's min_patches {bounds['min_tiles']}")
-        return dict(image_processor, max_patches=max_tiles)
+    def with_bound(cls, image_processor: dict[str, Any], value: int, bounds: dict[str, int]) -> dict[str, Any]:
+        return dict(image_processor, max_patches=value)
 
 
 # InternLM2 -> native names, inside one decoder layer (packed wqkv handled separately).

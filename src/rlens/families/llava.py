@@ -101,14 +101,7 @@ class LlavaNext(Llava):
         most = max(r * side * (c * side + 1) for r, c in grids)
         return {"patches": [1 + bounds["min_tiles"], 1 + bounds["max_tiles"]], "visual": [side * side, side * side + most]}
 
-    @classmethod
-    def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
-                     max_tiles: int | None) -> dict[str, Any]:
-        for flag, value in (("--max-pixels", max_pixels), ("--max-tiles", max_tiles)):
-            if value is not None:
-                raise InputError(f"{flag} does not apply to {cls.name}: the model packs tiles on the grid of its "
-                                 "own image_grid_pinpoints, which rlens does not lower")
-        return image_processor
+    bound_note = "the model packs tiles on the grid of its own image_grid_pinpoints, which rlens does not lower"
 
 
 def pack_index(image_size: Any, params: dict[str, Any], patches: int | None = None) -> Any:

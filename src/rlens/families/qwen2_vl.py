@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlens.errors import InputError, ModelError
+from rlens.errors import ModelError
 from rlens.families import register
 from rlens.families.base import Family, merged_patches
 
@@ -81,21 +81,15 @@ class Qwen2VL(Family):
             axes.update(windows=[1, windows], window_slots=[window_slots(params), windows * window_slots(params)])
         return axes
 
+    lowerable = ("--max-pixels", "max_pixels", "min_pixels", "min_pixels")
+    bound_note = "it resizes within min/max pixels"
+
     @classmethod
-    def lower_bounds(cls, image_processor: dict[str, Any], max_pixels: int | None,
-                     max_tiles: int | None) -> dict[str, Any]:
-        if max_tiles is not None:
-            raise InputError(f"--max-tiles does not apply to {cls.name} (it resizes within min/max pixels); "
-                             "use --max-pixels")
-        bounds = cls.image_bounds(image_processor)
-        if max_pixels is None or max_pixels >= bounds["max_pixels"]:
-            return image_processor
-        if max_pixels < bounds["min_pixels"]:
-            raise InputError(f"--max-pixels {max_pixels} is below the processor's min_pixels {bounds['min_pixels']}")
-        out = dict(image_processor, size=dict(image_processor.get("size") or {}, longest_edge=max_pixels,
+    def with_bound(cls, image_processor: dict[str, Any], value: int, bounds: dict[str, int]) -> dict[str, Any]:
+        out = dict(image_processor, size=dict(image_processor.get("size") or {}, longest_edge=value,
                                               shortest_edge=bounds["min_pixels"]))
         if "max_pixels" in out:
-            out["max_pixels"] = max_pixels
+            out["max_pixels"] = value
         return out
 
     @classmethod
