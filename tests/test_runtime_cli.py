@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import sample_image
+from helpers import PRESET_NAMES, sample_image
 
 RUNTIME = Path(__file__).resolve().parents[1] / "src" / "rlens" / "runtime"
 CLI_FILES = [RUNTIME.parent / "cli" / "run_cmd.py", RUNTIME.parent / "cli" / "bench_cmd.py"]
@@ -179,3 +179,35 @@ def test_rlens_main_runs_a_bundle_with_torch_blocked(qwen):
                         "--max-new-tokens", "3"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "time to first token" in r.stderr
+
+
+BLOCK_HEAVY = textwrap.dedent(
+    """
+    import sys
+    class _NoHeavy:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers"):
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+    sys.meta_path.insert(0, _NoHeavy())
+    sys.modules["torch"] = sys.modules["transformers"] = None
+    from rlens.cli.main import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_every_family_runs_without_torch_or_transformers(name, make_bundle, tmp_path):
+    """Each family's runtime path (image processor, vision feeds, token expansion) is numpy-only:
+    `rlens run` answers with torch and transformers unimportable, and the same answer as in-process."""
+    from rlens.runtime import Session
+
+    _, bundle = make_bundle(name)
+    image = tmp_path / "photo.png"
+    sample_image(size=(150, 220)).save(image)
+    r = subprocess.run([sys.executable, "-c", BLOCK_HEAVY, "run", str(bundle), "--image", str(image), "--prompt", "Hi",
+                        "--max-new-tokens", "3"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with Session.from_bundle(bundle) as sess:
+        assert r.stdout == sess.generate(str(image), "Hi", max_new_tokens=3) + "\n"
